@@ -1,0 +1,197 @@
+"""A local Ray cluster on loopback that this project starts, and stops exactly what it started.
+
+The head runs as ``ray start --head --block`` in a process group of its own; ``stop`` signals that group, so
+the GCS, the raylet, every worker and every vLLM process below them go, and nothing else on the machine is
+touched (no ``ray stop``, which would kill every Ray process on the host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from serve_app.paths import cache_dir, logs_dir, state_dir
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "cluster.json"
+
+
+def ray_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every Ray process of ours starts with (see FACTS.md for why each is set)."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            # No usage reports, and no probing of cloud metadata addresses from a closed machine.
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # A token file left by any earlier ray.init() would silently switch this cluster to token auth.
+            "RAY_AUTH_MODE": "disabled",
+            # Ray starts workers at nice 15; engines then lose the CPU to anything else on the box.
+            "RAY_worker_niceness": "0",
+            "SERVEFLEET_CACHE": str(cache_dir()),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "VLLM_HOST_IP": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.setdefault("RAY_TMPDIR", str(ray_temp_dir()))
+    # Make the project importable by every worker, wherever Ray starts it.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def ray_temp_dir() -> Path:
+    """Ray's temp dir holds unix sockets whose paths must stay under ~107 bytes, so it cannot live in a deep
+    checkout; a short folder under the system temp dir, keyed by the cache folder, keeps runs apart."""
+    key = hashlib.blake2b(str(cache_dir()).encode(), digest_size=4).hexdigest()
+    path = Path(tempfile.gettempdir()) / f"sf-ray-{key}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    pid: int
+    address: str
+    node_ip: str
+    port: int
+    dashboard_port: int
+    temp_dir: str
+    log_file: str
+    started_at: float
+
+
+def _state_path() -> Path:
+    return state_dir() / STATE_FILE
+
+
+def read_state() -> ClusterState | None:
+    path = _state_path()
+    if not path.exists():
+        return None
+    return ClusterState(**json.loads(path.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    # Reap it if it is our own child that has exited, so a zombie does not read as alive.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_cluster() -> ClusterState | None:
+    """The cluster this project started, if it is still up; a stale state file is removed."""
+    state = read_state()
+    if state is None:
+        return None
+    if _alive(state.pid) and _port_open(state.node_ip, state.port):
+        return state
+    _state_path().unlink(missing_ok=True)
+    return None
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start_head(
+    *,
+    node_ip: str = "127.0.0.1",
+    port: int = 6390,
+    dashboard_port: int = 8265,
+    num_cpus: int | None = None,
+    timeout_s: float = 60,
+) -> ClusterState:
+    """Start a Ray head on loopback and wait until its GCS answers."""
+    existing = running_cluster()
+    if existing is not None:
+        return existing
+    if _port_open(node_ip, port):
+        raise RuntimeError(f"port {node_ip}:{port} is taken by something this project did not start")
+    env = ray_environment()
+    temp_dir = env["RAY_TMPDIR"]
+    log_file = logs_dir() / "ray-head.log"
+    # Logical CPUs: engines reserve them for placement; light deployments reserve none. At least 4, so the
+    # two built-in engines and a spare replica fit on a 2-core machine (vLLM's threads, not Ray, use the cores).
+    cpus = num_cpus if num_cpus is not None else max(4, os.cpu_count() or 1)
+    command = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={node_ip}",
+        f"--port={port}",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={temp_dir}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        "--disable-usage-stats",
+    ]
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cache_dir()
+        )
+    state = ClusterState(
+        pid=process.pid,
+        address=f"{node_ip}:{port}",
+        node_ip=node_ip,
+        port=port,
+        dashboard_port=dashboard_port,
+        temp_dir=temp_dir,
+        log_file=str(log_file),
+        started_at=time.time(),
+    )
+    deadline = time.monotonic() + timeout_s
+    while not _port_open(node_ip, port):
+        if process.poll() is not None:
+            raise RuntimeError(f"ray head exited with code {process.returncode}; see {log_file}")
+        if time.monotonic() > deadline:
+            _kill_group(process.pid)
+            raise RuntimeError(f"ray head did not come up in {timeout_s:.0f}s; see {log_file}")
+        time.sleep(0.5)
+    _state_path().write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def stop(timeout_s: float = 30) -> bool:
+    """Stop the cluster this project started. Returns False if none was running."""
+    state = read_state()
+    if state is None:
+        return False
+    if _alive(state.pid):
+        _kill_group(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(state.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    # Whatever ignored SIGTERM (a stuck worker, an engine subprocess) goes now.
+    _kill_group(state.pid, signal.SIGKILL)
+    _state_path().unlink(missing_ok=True)
+    return True

@@ -1,0 +1,151 @@
+"""The engine replica: one vLLM ``AsyncLLM`` per replica, streaming coalesced chunks.
+
+This is the only module in the project that imports vLLM (and, through it, torch); the imports live inside
+methods so that importing this module stays cheap for the builder, the CLI and unit tests.
+
+vLLM batches continuously on its own, so there is no ``@serve.batch`` here: concurrent ``generate`` calls on
+one replica simply become concurrent sequences in the engine's batch, and the replica's
+``max_ongoing_requests`` is sized to the engine's ``max_num_seqs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest, SamplingSpec
+from serve_app.config import StreamConfig, VariantConfig
+from serve_app.errors import EngineUnavailable, InvalidRequest
+from serve_app.model_source import resolve_model
+
+if TYPE_CHECKING:
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+
+def engine_kwargs(variant: VariantConfig, model_path: str, tokenizer_path: str) -> dict[str, Any]:
+    """The ``AsyncEngineArgs`` for a variant: typed fields first, then the pass-through extras."""
+    args = variant.engine
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": tokenizer_path,
+        "served_model_name": variant.name,
+        "max_num_seqs": args.max_num_seqs,
+        "dtype": args.dtype,
+        "enforce_eager": args.enforce_eager,
+        "seed": args.seed,
+    }
+    if args.max_model_len is not None:
+        kwargs["max_model_len"] = args.max_model_len
+    if args.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    kwargs.update(args.extra)
+    return kwargs
+
+
+def sampling_params(spec: SamplingSpec) -> SamplingParams:
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    return SamplingParams(
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        stop=list(spec.stop) or None,
+        seed=spec.seed,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        # Deltas, not the whole text so far: each chunk then costs the same to ship whatever its position.
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+class EngineReplica:
+    """Owns one vLLM engine. Plain class: the builder turns it into a Serve deployment."""
+
+    def __init__(self, variant: VariantConfig, stream: StreamConfig) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.variant = variant.name
+        self._window_s = stream.coalesce_ms / 1000.0
+        source = resolve_model(variant, build=True)
+        started = time.monotonic()
+        args = AsyncEngineArgs(**engine_kwargs(variant, source.model, source.tokenizer))
+        self._engine: AsyncLLM = AsyncLLM.from_engine_args(args)
+        self.max_model_len = self._engine.model_config.max_model_len
+        logger.info("engine for %s ready in %.1fs", self.variant, time.monotonic() - started)
+
+    async def _outputs(self, request: PreparedRequest) -> AsyncIterator[tuple[str, int, str | None]]:
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        engine_request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        try:
+            async for output in self._engine.generate(prompt, sampling_params(request.sampling), engine_request_id):
+                completion = output.outputs[0]
+                finish = completion.finish_reason if output.finished else None
+                yield completion.text, len(completion.token_ids), finish
+        except EngineDeadError as error:
+            raise EngineUnavailable(f"engine for {self.variant} died: {error}") from None
+        except ValueError as error:
+            # vLLM's own input checks (e.g. a prompt that our preprocess let through but the engine's
+            # tokenizer limits refuse) are the caller's fault, not ours.
+            raise InvalidRequest(str(error)) from None
+
+    async def generate_stream(self, request: PreparedRequest) -> AsyncIterator[EngineChunk]:
+        """Stream coalesced chunks. The first chunk goes out at once (time to first token); later tokens
+        that arrive within the coalescing window travel together, which cuts per-message overhead on every
+        hop between here and the client.
+
+        If the caller goes away, Serve cancels this generator; vLLM's ``generate`` aborts the engine request
+        on cancellation, freeing its batch slot and KV cache.
+        """
+        texts: list[str] = []
+        tokens = 0
+        last_sent: float | None = None
+        async for text, num_tokens, finish in self._outputs(request):
+            texts.append(text)
+            tokens += num_tokens
+            now = time.monotonic()
+            if finish is not None or last_sent is None or now - last_sent >= self._window_s:
+                yield EngineChunk("".join(texts), tokens, finish)
+                texts.clear()
+                tokens = 0
+                last_sent = now
+
+    async def generate(self, request: PreparedRequest) -> EngineResult:
+        """Run a request to completion and return the whole output."""
+        texts: list[str] = []
+        tokens = 0
+        finish: str | None = None
+        async for text, num_tokens, reason in self._outputs(request):
+            texts.append(text)
+            tokens += num_tokens
+            finish = reason
+        return EngineResult("".join(texts), tokens, finish)
+
+    async def stats(self) -> EngineStats:
+        return EngineStats(
+            variant=self.variant,
+            running_requests=self._engine.get_num_unfinished_requests(),
+            healthy=not self._engine.errored,
+        )
+
+    async def ping(self) -> str:
+        return self.variant
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
+        await asyncio.wait_for(self._engine.check_health(), timeout=10)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()

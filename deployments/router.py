@@ -1,0 +1,62 @@
+"""The A/B router deployment: a thin shell around ``RoutingPolicy``.
+
+Weights can change live through Serve's ``user_config`` (``{"weights": {"tiny-v1": 90, "tiny-v2": 10}}``)
+without restarting a replica; the policy itself is rebuilt, never mutated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from deployments.routing import NoRoutableVariant, RouteDecision, RouteQuery, RoutingPolicy, UnknownVariant
+from serve_app.config import RoutingConfig
+from serve_app.errors import EngineUnavailable, InvalidRequest, ModelNotFound
+
+logger = logging.getLogger(__name__)
+
+
+def validate_weights(weights: Mapping[str, float], variants: list[str]) -> dict[str, float]:
+    unknown = sorted(set(weights) - set(variants))
+    if unknown:
+        raise ValueError(f"weights name unknown variants: {', '.join(unknown)}")
+    merged = {name: float(weights.get(name, 0.0)) for name in variants}
+    if any(w < 0 for w in merged.values()) or not math.isclose(sum(merged.values()), 100.0, abs_tol=1e-6):
+        raise ValueError(f"weights must be non-negative and sum to 100, got {merged}")
+    return merged
+
+
+class ABRouter:
+    def __init__(self, routing: RoutingConfig, weights: Mapping[str, float]) -> None:
+        self._routing = routing
+        self._variants = list(weights)
+        self._weights = dict(weights)
+        self._policy = RoutingPolicy(weights, public_model=routing.public_model, salt=routing.salt)
+
+    def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        weights = user_config.get("weights")
+        if weights is None:
+            return
+        merged = validate_weights(weights, self._variants)
+        self._weights = merged
+        self._policy = RoutingPolicy(merged, public_model=self._routing.public_model, salt=self._routing.salt)
+        logger.info("routing weights now %s", merged)
+
+    async def route(self, query: RouteQuery) -> RouteDecision:
+        try:
+            return self._policy.decide(query)
+        except UnknownVariant as error:
+            known = ", ".join([self._routing.public_model, *self._variants])
+            if error.field == "override":
+                raise InvalidRequest(
+                    f"header {self._routing.override_header} names unknown variant {error.name!r} (known: {known})",
+                    param=self._routing.override_header,
+                ) from None
+            raise ModelNotFound(f"the model {error.name!r} does not exist (known: {known})", param="model") from None
+        except NoRoutableVariant as error:
+            raise EngineUnavailable(str(error)) from None
+
+    async def weights(self) -> dict[str, float]:
+        return dict(self._weights)

@@ -1,0 +1,1 @@
+"""servefleet: LLM serving on Ray Serve and vLLM."""

@@ -1,0 +1,103 @@
+"""The only place that binds the graph: config in, Ray Serve application out.
+
+The node classes stay plain Python classes; this module turns them into deployments with the options the
+config asks for. A Serve config file can name ``serve_app.builder:app_builder`` as its ``import_path`` and pass
+the config as ``args``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.engine import EngineReplica
+from deployments.postprocess import Postprocessor
+from deployments.preprocess import Preprocessor
+from deployments.router import ABRouter
+from serve_app.config import ServeFleetConfig, VariantConfig, load_config, parse_config
+from serve_app.ingress import Ingress, app
+from serve_app.paths import cache_dir
+
+# The light deployments do no model work; each hop is a few ms, so a replica can hold many requests.
+LIGHT_MAX_ONGOING = 512
+# Light deployments must never stall model work for CPU; they reserve none so engines can be placed.
+LIGHT_ACTOR_OPTIONS = {"num_cpus": 0}
+
+# Where to read the project's config and write its cache, for every process of the graph.
+_PASSED_ENV = ("SERVEFLEET_CACHE",)
+
+
+def _base_env() -> dict[str, str]:
+    env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
+    env.setdefault("SERVEFLEET_CACHE", str(cache_dir()))
+    return env
+
+
+def engine_env(variant: VariantConfig) -> dict[str, str]:
+    """Engine processes' environment: the project's cache for vLLM, no hub look-ups for local models, then
+    whatever the variant's config sets (which wins)."""
+    env = _base_env()
+    env["VLLM_CACHE_ROOT"] = str(cache_dir() / "vllm")
+    if variant.is_builtin or os.path.isdir(variant.model):
+        env["HF_HUB_OFFLINE"] = "1"
+    env.update(variant.env)
+    return env
+
+
+def _autoscaling(variant: VariantConfig) -> dict[str, Any]:
+    if variant.autoscaling is None:
+        return {"num_replicas": variant.replicas}
+    scaling = variant.autoscaling
+    return {
+        "autoscaling_config": {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+            "upscale_delay_s": scaling.upscale_delay_s,
+            "downscale_delay_s": scaling.downscale_delay_s,
+        }
+    }
+
+
+def build_app(config: ServeFleetConfig) -> Application:
+    """Bind ingress → router → preprocess → engine pools → postprocess for ``config``."""
+    light = {
+        "max_ongoing_requests": LIGHT_MAX_ONGOING,
+        "ray_actor_options": {**LIGHT_ACTOR_OPTIONS, "runtime_env": {"env_vars": _base_env()}},
+    }
+    engines = {
+        v.name: serve.deployment(
+            EngineReplica,
+            name=f"engine-{v.name}",
+            max_ongoing_requests=v.max_ongoing_requests,
+            # An engine takes tens of seconds to start; give it time before Serve calls it unhealthy.
+            health_check_period_s=10,
+            health_check_timeout_s=30,
+            graceful_shutdown_timeout_s=30,
+            ray_actor_options={
+                "num_cpus": v.num_cpus,
+                "num_gpus": v.num_gpus,
+                "runtime_env": {"env_vars": engine_env(v)},
+            },
+            **_autoscaling(v),
+        ).bind(variant=v, stream=config.stream)
+        for v in config.variants
+    }
+    router = serve.deployment(ABRouter, name="router", **light).bind(routing=config.routing, weights=config.weights)
+    preprocess = serve.deployment(Preprocessor, name="preprocess", **light).bind(config)
+    postprocess = serve.deployment(Postprocessor, name="postprocess", **light).bind()
+    ingress_cls = serve.ingress(app)(Ingress)
+    return serve.deployment(ingress_cls, name="ingress", **light).bind(
+        config=config, router=router, preprocess=preprocess, postprocess=postprocess, engines=engines
+    )
+
+
+def app_builder(args: Mapping[str, Any]) -> Application:
+    """Entry point for a Serve config file: ``args`` is either ``{"config_path": FILE}`` or a whole config."""
+    if "config_path" in args:
+        return build_app(load_config(args["config_path"]))
+    return build_app(parse_config(args, source="serve config args"))

@@ -1,0 +1,105 @@
+"""Deploy to and inspect a running Ray cluster. I/O only; the CLI decides what to print."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from serve_app.config import ServeFleetConfig
+
+logger = logging.getLogger(__name__)
+
+
+def connect(address: str) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, namespace="servefleet", log_to_driver=False, logging_level=logging.WARNING)
+
+
+def deploy(config: ServeFleetConfig) -> None:
+    """Start Serve's HTTP proxy on the configured address and deploy (or update) the app."""
+    from ray import serve
+
+    from serve_app.builder import build_app
+
+    serve.start(
+        http_options={
+            "host": config.server.host,
+            "port": config.server.port,
+            "request_timeout_s": config.server.request_timeout_s,
+        }
+    )
+    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+
+
+def base_url(config: ServeFleetConfig) -> str:
+    host = config.server.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{config.server.port}"
+
+
+def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
+    """Poll ``/readyz`` until every variant's engine pool answers."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            last = (
+                response.json()
+                if response.headers.get("content-type", "").startswith("application/json")
+                else response.text
+            )
+            if response.status_code == 200:
+                return dict(last)
+        except httpx.HTTPError as error:
+            last = repr(error)
+        time.sleep(1)
+    raise TimeoutError(f"not ready after {timeout_s:.0f}s; last answer from {url}/readyz: {last}")
+
+
+@dataclass
+class DeploymentStatus:
+    name: str
+    status: str
+    replicas: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class AppStatus:
+    name: str
+    status: str
+    deployments: list[DeploymentStatus]
+    message: str = ""
+
+
+def app_status(app_name: str) -> AppStatus | None:
+    from ray import serve
+
+    applications = serve.status().applications
+    if app_name not in applications:
+        return None
+    app = applications[app_name]
+    deployments = [
+        DeploymentStatus(
+            name=name,
+            status=str(getattr(d.status, "value", d.status)),
+            replicas={str(getattr(k, "value", k)): v for k, v in d.replica_states.items()},
+            message=d.message,
+        )
+        for name, d in app.deployments.items()
+    ]
+    return AppStatus(app_name, str(getattr(app.status, "value", app.status)), deployments, app.message)
+
+
+def delete(app_name: str) -> None:
+    from ray import serve
+
+    serve.delete(app_name)

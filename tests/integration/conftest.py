@@ -1,0 +1,79 @@
+"""One real Ray cluster and one real deployment of the graph (real vLLM on the built-in tiny models) per
+test session, shared by every integration test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from serve_app.config import ServeFleetConfig, load_config
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    config: ServeFleetConfig
+    url: str
+    address: str  # the Ray GCS address, for drivers in other processes
+
+
+@pytest.fixture(scope="session")
+def running_app() -> Iterator[RunningApp]:
+    from cluster.local import ray_environment
+
+    os.environ.update(ray_environment())
+    import ray
+    from ray import serve
+
+    from serve_app.builder import build_app
+    from serve_app.control import wait_ready
+
+    port = free_port()
+    config = load_config(overrides={"server": {"port": port}, "app_name": "servefleet-test"})
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=os.environ["RAY_TMPDIR"],
+        namespace="servefleet",
+        logging_level="WARNING",
+    )
+    try:
+        started = time.monotonic()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, timeout_s=600)
+        print(f"\n[integration] graph ready in {time.monotonic() - started:.1f}s at {url}")
+        address = ray.get_runtime_context().gcs_address
+        yield RunningApp(config=config, url=url, address=address)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http(running_app: RunningApp) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=running_app.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def openai_client(running_app: RunningApp):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{running_app.url}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from deployments.postprocess import SSE_DONE, ResponseMeta, StreamFormatter, sse_event
 from deployments.types import EngineChunk
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 VARIANT_HEADER = "x-servefleet-variant"
 REQUEST_ID_HEADER = "x-request-id"
 RETRY_AFTER_S = 1
+
+RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 
 app = FastAPI(title="servefleet", summary="OpenAI-compatible LLM serving on Ray Serve and vLLM")
 
@@ -90,6 +93,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(error, {REQUEST_ID_HEADER: _request_id(request)})
 
 
+def _parse(model: type[RequestT], request: Any) -> RequestT:
+    """Validate a handle caller's request with the same rules, and the same 400, as HTTP."""
+    try:
+        return model.model_validate(request)
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = _param_from_loc(tuple(first["loc"]))
+        raise InvalidRequest(f"{param}: {first['msg']}" if param else str(first["msg"]), param=param) from None
+
+
 def _request_id(request: Request) -> str:
     return request.headers.get(REQUEST_ID_HEADER) or new_request_id()
 
@@ -137,7 +150,7 @@ class Ingress:
         variant: str | None = None,
         request_id: str | None = None,
     ) -> ChatCompletion:
-        parsed = ChatCompletionRequest.model_validate(request)
+        parsed = _parse(ChatCompletionRequest, request)
         result = await self._complete(parsed, self._context(request_id, sticky_key, variant))
         assert isinstance(result, ChatCompletion)
         return result
@@ -150,7 +163,7 @@ class Ingress:
         variant: str | None = None,
         request_id: str | None = None,
     ) -> Completion:
-        parsed = CompletionRequest.model_validate(request)
+        parsed = _parse(CompletionRequest, request)
         result = await self._complete(parsed, self._context(request_id, sticky_key, variant))
         assert isinstance(result, Completion)
         return result
@@ -163,7 +176,7 @@ class Ingress:
         variant: str | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[ChatCompletionChunk]:
-        parsed = ChatCompletionRequest.model_validate(request)
+        parsed = _parse(ChatCompletionRequest, request)
         async for payload in self._payloads(parsed, self._context(request_id, sticky_key, variant)):
             yield ChatCompletionChunk.model_validate(payload)
 
@@ -175,7 +188,7 @@ class Ingress:
         variant: str | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[Completion]:
-        parsed = CompletionRequest.model_validate(request)
+        parsed = _parse(CompletionRequest, request)
         async for payload in self._payloads(parsed, self._context(request_id, sticky_key, variant)):
             yield Completion.model_validate(payload)
 

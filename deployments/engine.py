@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from deployments.coalesce import coalesce_window_s
 from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest, SamplingSpec
 from serve_app.config import StreamConfig, VariantConfig
 from serve_app.errors import EngineUnavailable, InvalidRequest
@@ -73,12 +74,17 @@ class EngineReplica:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.variant = variant.name
-        self._window_s = stream.coalesce_ms / 1000.0
+        self._stream = stream
+        self._active_streams = 0
         source = resolve_model(variant, build=True)
         started = time.monotonic()
         args = AsyncEngineArgs(**engine_kwargs(variant, source.model, source.tokenizer))
         self._engine: AsyncLLM = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._engine.model_config.max_model_len
+        if variant.engine.cpu_affinity is not None:
+            from deployments.cpu_affinity import pin_children
+
+            pin_children(variant.engine.cpu_affinity)
         logger.info("engine for %s ready in %.1fs", self.variant, time.monotonic() - started)
 
     async def _outputs(self, request: PreparedRequest) -> AsyncIterator[tuple[str, int, str | None]]:
@@ -100,25 +106,37 @@ class EngineReplica:
             raise InvalidRequest(str(error)) from None
 
     async def generate_stream(self, request: PreparedRequest) -> AsyncIterator[EngineChunk]:
-        """Stream coalesced chunks. The first chunk goes out at once (time to first token); later tokens
-        that arrive within the coalescing window travel together, which cuts per-message overhead on every
-        hop between here and the client.
+        """Stream coalesced chunks. The first visible text goes out at once (time to first token); later
+        tokens that arrive within the coalescing window travel together, which cuts per-message overhead on
+        every hop between here and the client. The window widens with the number of streams this replica
+        serves (``deployments.coalesce``).
 
         If the caller goes away, Serve cancels this generator; vLLM's ``generate`` aborts the engine request
         on cancellation, freeing its batch slot and KV cache.
         """
         texts: list[str] = []
         tokens = 0
-        last_sent: float | None = None
-        async for text, num_tokens, finish in self._outputs(request):
-            texts.append(text)
-            tokens += num_tokens
-            now = time.monotonic()
-            if finish is not None or last_sent is None or now - last_sent >= self._window_s:
-                yield EngineChunk("".join(texts), tokens, finish)
-                texts.clear()
-                tokens = 0
-                last_sent = now
+        last_sent = 0.0
+        # Until some text has gone out, every output is sent at once: a first token that decodes to nothing
+        # (part of a multi-byte character) must not hold the first visible text for a whole window.
+        shown = False
+        per_stream_ms, max_ms = self._stream.coalesce_per_stream_ms, self._stream.coalesce_ms
+        self._active_streams += 1
+        try:
+            async for text, num_tokens, finish in self._outputs(request):
+                texts.append(text)
+                tokens += num_tokens
+                now = time.monotonic()
+                window_s = coalesce_window_s(self._active_streams, per_stream_ms, max_ms)
+                if finish is not None or not shown or now - last_sent >= window_s:
+                    chunk = EngineChunk("".join(texts), tokens, finish)
+                    yield chunk
+                    shown = shown or bool(chunk.text)
+                    texts.clear()
+                    tokens = 0
+                    last_sent = now
+        finally:
+            self._active_streams -= 1
 
     async def generate(self, request: PreparedRequest) -> EngineResult:
         """Run a request to completion and return the whole output."""

@@ -250,25 +250,16 @@ def servefleet_server(model: str, max_model_len: int, max_num_seqs: int) -> Iter
     """This stack: a local Ray cluster, the whole graph, one engine replica of the same model."""
     from cluster import local
     from serve_app import control
-    from serve_app.config import parse_config
+    from serve_app.config import load_config, parse_config
 
     port = free_port()
-    config = parse_config(
-        {
-            "app_name": "bench",
-            "server": {"port": port},
-            "variants": [
-                {
-                    "name": "tiny-v1",
-                    "model": model,
-                    "weight": 100,
-                    "max_ongoing_requests": max_num_seqs,
-                    "engine": {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "dtype": "float32"},
-                    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-                }
-            ],
-        }
-    )
+    # The variant exactly as the default config serves it (engine args, CPU pinning, env), alone and at
+    # 100% of the traffic, with the benchmark's batch size.
+    base = load_config()
+    variant = next(v for v in base.model_dump()["variants"] if v["name"] == "tiny-v1")
+    variant.update(model=model, weight=100, max_ongoing_requests=max_num_seqs)
+    variant["engine"].update(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+    config = parse_config({"app_name": "bench", "server": {"port": port}, "variants": [variant]})
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
     state = local.start_head(port=free_port(), dashboard_port=free_port())

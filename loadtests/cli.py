@@ -41,7 +41,7 @@ def _common(parser: argparse.ArgumentParser, *, users: int, run_time: str) -> No
 
 
 def register(subparsers: Any) -> None:
-    """Add ``loadtest`` and ``gate`` to an ``argparse`` subparsers object."""
+    """Add ``loadtest``, ``gate`` and ``bench`` to an ``argparse`` subparsers object."""
     loadtest = subparsers.add_parser(
         "loadtest",
         help="stream chat completions from the API with Locust and report TTFT/ITL per variant",
@@ -71,6 +71,17 @@ def register(subparsers: Any) -> None:
     _common(gate, users=4, run_time="60s")
     gate.add_argument("--out", type=Path, default=DEFAULT_GATE_DIR, help=f"output folder ({DEFAULT_GATE_DIR})")
     gate.set_defaults(func=cmd_gate)
+
+    from loadtests import bench
+
+    bench_parser = subparsers.add_parser(
+        "bench",
+        help="side-by-side benchmark: this stack, vLLM's server, ray.serve.llm, naive transformers server",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(func=cmd_bench)
 
 
 def _options(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -124,6 +135,15 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     print(report.summary_table(report.run_summaries(result.records)))
     print(f"\nper-request CSV: {options.requests_csv}\nreport: {files.markdown}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from loadtests import bench
+
+    if not 0 < args.duration <= 120 or max(args.levels) > 128 or min(args.levels) < 1:
+        print("servefleet bench: bounded runs only: --duration in (0, 120], concurrency in [1, 128]", file=sys.stderr)
+        return 2
+    return bench.run(args)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

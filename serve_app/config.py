@@ -12,10 +12,12 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployments.sim_model import SimEngineConfig
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"
 BUILTIN_PREFIX = "builtin:"
@@ -103,6 +105,16 @@ class VariantConfig(BaseModel):
     num_cpus: float = Field(default=1, ge=0, description="Ray CPUs reserved for each engine replica.")
     num_gpus: float = Field(default=0, ge=0, description="GPUs for each engine replica (0 on the CPU build).")
     engine: EngineArgs = Field(default_factory=EngineArgs, description="vLLM engine arguments.")
+    backend: Literal["vllm", "sim"] = Field(
+        default="vllm",
+        description=(
+            "`sim`: the SIMULATED engine (deployments/sim_engine.py), a test and capacity-planning tool that "
+            "serves no model. Never the default."
+        ),
+    )
+    sim: SimEngineConfig = Field(
+        default_factory=SimEngineConfig, description="Costs and limits of the simulated engine (backend: sim)."
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables for the engine replica's processes."
     )

@@ -72,6 +72,7 @@ class ClusterState:
     temp_dir: str
     log_file: str
     started_at: float
+    metrics_port: int | None = None  # Ray's metrics agent: Prometheus scrapes every app metric here
 
 
 def _state_path() -> Path:
@@ -120,6 +121,7 @@ def start_head(
     node_ip: str = "127.0.0.1",
     port: int = 6390,
     dashboard_port: int = 8265,
+    metrics_port: int = 8080,
     num_cpus: int | None = None,
     timeout_s: float = 60,
 ) -> ClusterState:
@@ -148,6 +150,8 @@ def start_head(
         f"--temp-dir={temp_dir}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
+        # A fixed port, so that a Prometheus config can name it (Ray picks a random one otherwise).
+        f"--metrics-export-port={metrics_port}",
         "--disable-usage-stats",
     ]
     with open(log_file, "ab") as log:
@@ -163,6 +167,7 @@ def start_head(
         temp_dir=temp_dir,
         log_file=str(log_file),
         started_at=time.time(),
+        metrics_port=metrics_port,
     )
     deadline = time.monotonic() + timeout_s
     while not _port_open(node_ip, port):

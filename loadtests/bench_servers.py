@@ -117,7 +117,7 @@ def servefleet_server(model: str, max_model_len: int, max_num_seqs: int) -> Iter
     config = parse_config({"app_name": "bench", "server": {"port": port}, "variants": [variant]})
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
-    state = local.start_head(port=free_port(), dashboard_port=free_port())
+    state = local.start_head(port=free_port(), dashboard_port=free_port(), metrics_port=free_port())
     try:
         control.connect(state.address)
         control.deploy(config)
@@ -143,7 +143,7 @@ def ray_serve_llm_server(model_path: str, max_model_len: int, max_num_seqs: int)
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
     port = free_port()
-    state = local.start_head(port=free_port(), dashboard_port=free_port())
+    state = local.start_head(port=free_port(), dashboard_port=free_port(), metrics_port=free_port())
     try:
         control.connect(state.address)
         serve.start(http_options={"host": "127.0.0.1", "port": port})

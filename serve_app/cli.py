@@ -50,7 +50,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print("building built-in models (skipped when up to date)...")
     _build_builtin(config)
     already = local.running_cluster()
-    state = local.start_head(port=args.ray_port, dashboard_port=args.dashboard_port)
+    state = local.start_head(port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port)
     started_here = already is None
     print(f"ray cluster: {state.address} ({'started' if started_here else 'already running'}); log {state.log_file}")
     control.connect(state.address)
@@ -74,6 +74,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         f'"content": "Hello"}}], "max_tokens": 32}}\''
     )
     print(f"logs: {state.log_file} and {state.temp_dir}/session_latest/logs/ (serve/ has the replicas')")
+    if state.metrics_port is not None:
+        print(f"metrics (Prometheus format): http://{state.node_ip}:{state.metrics_port}/metrics")
     if args.detach:
         print("detached; stop it with: servefleet down")
         return 0
@@ -153,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for readiness")
     up.add_argument("--ray-port", type=int, default=6390, help="the Ray head's GCS port")
     up.add_argument("--dashboard-port", type=int, default=8265, help="the Ray dashboard's port (loopback)")
+    up.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics port (8080)")
     up.set_defaults(func=cmd_up)
 
     down = commands.add_parser("down", help="stop the local cluster started by `servefleet up`")

@@ -66,6 +66,30 @@ def sampling_params(spec: SamplingSpec) -> SamplingParams:
     )
 
 
+def stat_loggers(load: dict[str, float]) -> list[Any]:
+    """vLLM's own metrics through Ray's metrics agent (``ray_vllm_*``, beside the app's), plus a probe that
+    keeps the scheduler's last load report in ``load`` for admission control and autoscaling."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    class LoadProbe(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(
+            self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+        ) -> None:
+            if scheduler_stats is not None:
+                load["num_requests_waiting"] = float(scheduler_stats.num_waiting_reqs)
+                load["num_requests_running"] = float(scheduler_stats.num_running_reqs)
+                load["kv_cache_usage_perc"] = float(scheduler_stats.kv_cache_usage)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return [RayPrometheusStatLogger, LoadProbe]
+
+
 class EngineReplica:
     """Owns one vLLM engine. Plain class: the builder turns it into a Serve deployment."""
 
@@ -79,7 +103,8 @@ class EngineReplica:
         source = resolve_model(variant, build=True)
         started = time.monotonic()
         args = AsyncEngineArgs(**engine_kwargs(variant, source.model, source.tokenizer))
-        self._engine: AsyncLLM = AsyncLLM.from_engine_args(args)
+        self._load: dict[str, float] = {}
+        self._engine: AsyncLLM = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers(self._load))
         self.max_model_len = self._engine.model_config.max_model_len
         if variant.engine.cpu_affinity is not None:
             from deployments.cpu_affinity import pin_children
@@ -150,10 +175,12 @@ class EngineReplica:
         return EngineResult("".join(texts), tokens, finish)
 
     async def stats(self) -> EngineStats:
+        unfinished = self._engine.get_num_unfinished_requests()
+        # The scheduler's last report goes stale when the engine falls idle; idle means nothing waits.
+        load = dict(self._load) if unfinished else {"num_requests_waiting": 0.0, "num_requests_running": 0.0}
+        load.setdefault("kv_cache_usage_perc", 0.0)
         return EngineStats(
-            variant=self.variant,
-            running_requests=self._engine.get_num_unfinished_requests(),
-            healthy=not self._engine.errored,
+            variant=self.variant, running_requests=unfinished, healthy=not self._engine.errored, extra=load
         )
 
     async def ping(self) -> str:

@@ -14,7 +14,9 @@ from typing import Any
 
 from deployments.types import PreparedRequest, SamplingSpec
 from serve_app.config import GenerationDefaults, ServeFleetConfig
+from serve_app.drift import DriftMonitor
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.metrics import DriftMetrics, models_of
 from serve_app.model_source import resolve_model
 from serve_app.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
@@ -76,6 +78,22 @@ class Preprocessor:
         self._defaults: GenerationDefaults = config.defaults
         self._tokenizers = dict(tokenizers) if tokenizers is not None else _load_tokenizers(config)
         self._limits = dict(limits) if limits is not None else _load_limits(config)
+        drift = config.drift
+        self._drift = {
+            v.name: DriftMonitor(
+                reference_size=drift.reference_size,
+                window_size=drift.window_size,
+                min_current=min(drift.min_current, drift.window_size),
+                report_every=drift.report_every,
+            )
+            for v in config.variants
+        }
+        self._drift_metrics = DriftMetrics(models_of(config))
+
+    def _observe(self, variant: str, token_ids: list[int]) -> None:
+        scores = self._drift[variant].observe(token_ids)
+        if scores is not None:
+            self._drift_metrics.set_scores(variant, scores)
 
     def _variant(self, variant: str) -> tuple[Tokenizer, VariantLimits]:
         try:
@@ -96,6 +114,7 @@ class Preprocessor:
             default_max_tokens=self._defaults.max_tokens,
             prompt_param="messages",
         )
+        self._observe(variant, token_ids)
         return PreparedRequest(request_id, variant, "chat", token_ids, sampling)
 
     def prepare_completion(self, request_id: str, variant: str, request: CompletionRequest) -> PreparedRequest:
@@ -108,6 +127,7 @@ class Preprocessor:
             default_max_tokens=self._defaults.completion_max_tokens,
             prompt_param="prompt",
         )
+        self._observe(variant, token_ids)
         return PreparedRequest(request_id, variant, "completion", token_ids, sampling)
 
 

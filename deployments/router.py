@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from deployments.routing import NoRoutableVariant, RouteDecision, RouteQuery, RoutingPolicy, UnknownVariant
 from serve_app.config import RoutingConfig
 from serve_app.errors import EngineUnavailable, InvalidRequest, ModelNotFound
+from serve_app.metrics import RoutingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +31,15 @@ def validate_weights(weights: Mapping[str, float], variants: list[str]) -> dict[
 
 
 class ABRouter:
-    def __init__(self, routing: RoutingConfig, weights: Mapping[str, float]) -> None:
+    def __init__(
+        self, routing: RoutingConfig, weights: Mapping[str, float], models: Mapping[str, str] | None = None
+    ) -> None:
         self._routing = routing
         self._variants = list(weights)
         self._weights = dict(weights)
         self._policy = RoutingPolicy(weights, public_model=routing.public_model, salt=routing.salt)
+        self._metrics = RoutingMetrics(models if models is not None else {name: name for name in weights})
+        self._weights_published = 0.0
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         weights = user_config.get("weights")
@@ -42,11 +48,15 @@ class ABRouter:
         merged = validate_weights(weights, self._variants)
         self._weights = merged
         self._policy = RoutingPolicy(merged, public_model=self._routing.public_model, salt=self._routing.salt)
+        self._weights_published = 0.0
         logger.info("routing weights now %s", merged)
 
     async def route(self, query: RouteQuery) -> RouteDecision:
         try:
-            return self._policy.decide(query)
+            decision = self._policy.decide(query)
+            self._metrics.observe_decision(decision.variant, decision.reason)
+            self._publish_weights()
+            return decision
         except UnknownVariant as error:
             known = ", ".join([self._routing.public_model, *self._variants])
             if error.field == "override":
@@ -57,6 +67,14 @@ class ABRouter:
             raise ModelNotFound(f"the model {error.name!r} does not exist (known: {known})", param="model") from None
         except NoRoutableVariant as error:
             raise EngineUnavailable(str(error)) from None
+
+    def _publish_weights(self) -> None:
+        # Set from the request path, not the constructor: a gauge set while the replica is still starting
+        # never reached Ray's metrics agent here. Every 10 s is plenty for a value that changes on deploys.
+        now = time.monotonic()
+        if now - self._weights_published >= 10:
+            self._metrics.set_weights(self._weights)
+            self._weights_published = now
 
     async def weights(self) -> dict[str, float]:
         return dict(self._weights)

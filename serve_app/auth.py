@@ -29,8 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from serve_app.config import ConfigError
-from serve_app.errors import ServeFleetError
+from serve_app.errors import ConfigError, ServeFleetError
 
 __all__ = [
     "ANONYMOUS",

@@ -14,13 +14,23 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.autoscaling_policy import POLICY_PATH, with_engine_signals
 from deployments.engine import EngineReplica
 from deployments.postprocess import Postprocessor
 from deployments.preprocess import Preprocessor
 from deployments.router import ABRouter
 from deployments.sim_engine import SimEngineReplica
-from serve_app.config import ServeFleetConfig, VariantConfig, load_config, parse_config
+from serve_app.config import (
+    AutoscalingConfig,
+    EngineAutoscalingConfig,
+    PoolConfig,
+    ServeFleetConfig,
+    VariantConfig,
+    load_config,
+    parse_config,
+)
 from serve_app.ingress import Ingress, app
+from serve_app.metrics import models_of
 from serve_app.paths import cache_dir
 
 # The light deployments do no model work; each hop is a few ms, so a replica can hold many requests.
@@ -49,30 +59,58 @@ def engine_env(variant: VariantConfig) -> dict[str, str]:
     return env
 
 
-def _autoscaling(variant: VariantConfig) -> dict[str, Any]:
-    if variant.autoscaling is None:
-        return {"num_replicas": variant.replicas}
-    scaling = variant.autoscaling
-    return {
-        "autoscaling_config": {
-            "min_replicas": scaling.min_replicas,
-            "max_replicas": scaling.max_replicas,
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-            "upscale_delay_s": scaling.upscale_delay_s,
-            "downscale_delay_s": scaling.downscale_delay_s,
-        }
+def _scaling(scaling: AutoscalingConfig | None, replicas: int) -> dict[str, Any]:
+    """``num_replicas``, or Serve's ``autoscaling_config`` (with the engine-signal policy where asked for)."""
+    if scaling is None:
+        return {"num_replicas": replicas}
+    options: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+        "upscale_delay_s": scaling.upscale_delay_s,
+        "downscale_delay_s": scaling.downscale_delay_s,
     }
+    for name in ("look_back_period_s", "metrics_interval_s"):
+        if getattr(scaling, name) is not None:
+            options[name] = getattr(scaling, name)
+    if isinstance(scaling, EngineAutoscalingConfig) and scaling.policy == "engine_signals":
+        options["policy"] = {
+            "policy_function": POLICY_PATH,
+            "policy_kwargs": {
+                "target_ongoing_requests": scaling.target_ongoing_requests,
+                "target_waiting_requests": scaling.target_waiting_requests,
+                "target_kv_cache_usage": scaling.target_kv_cache_usage,
+            },
+        }
+    return {"autoscaling_config": options}
+
+
+def _autoscaling(variant: VariantConfig) -> dict[str, Any]:
+    return _scaling(variant.autoscaling, variant.replicas)
+
+
+def _pool(pool: PoolConfig) -> dict[str, Any]:
+    return _scaling(pool.autoscaling, pool.replicas)
+
+
+def _engine_class(variant: VariantConfig) -> type:
+    cls: type = SimEngineReplica if variant.backend == "sim" else EngineReplica
+    scaling = variant.autoscaling
+    if scaling is not None and scaling.policy == "engine_signals":
+        # Serve's custom-metrics hook (record_autoscaling_stats), read from the engine's stats().
+        return with_engine_signals(cls)
+    return cls
 
 
 def build_app(config: ServeFleetConfig) -> Application:
     """Bind ingress → router → preprocess → engine pools → postprocess for ``config``."""
-    light = {
-        "max_ongoing_requests": LIGHT_MAX_ONGOING,
-        "ray_actor_options": {**LIGHT_ACTOR_OPTIONS, "runtime_env": {"env_vars": _base_env()}},
-    }
+    light_actor_options: dict[str, Any] = {**LIGHT_ACTOR_OPTIONS, "runtime_env": {"env_vars": _base_env()}}
+    if config.pools.resources:
+        light_actor_options["resources"] = dict(config.pools.resources)
+    light = {"max_ongoing_requests": LIGHT_MAX_ONGOING, "ray_actor_options": light_actor_options}
     engines = {
         v.name: serve.deployment(
-            SimEngineReplica if v.backend == "sim" else EngineReplica,
+            _engine_class(v),
             name=f"engine-{v.name}",
             max_ongoing_requests=v.max_ongoing_requests,
             # An engine takes tens of seconds to start; give it time before Serve calls it unhealthy.
@@ -83,14 +121,19 @@ def build_app(config: ServeFleetConfig) -> Application:
                 "num_cpus": v.num_cpus,
                 "num_gpus": v.num_gpus,
                 "runtime_env": {"env_vars": engine_env(v)},
+                **({"resources": dict(v.resources)} if v.resources else {}),
             },
             **_autoscaling(v),
         ).bind(variant=v, stream=config.stream, **({"sim": v.sim} if v.backend == "sim" else {}))
         for v in config.variants
     }
-    router = serve.deployment(ABRouter, name="router", **light).bind(routing=config.routing, weights=config.weights)
-    preprocess = serve.deployment(Preprocessor, name="preprocess", **light).bind(config)
-    postprocess = serve.deployment(Postprocessor, name="postprocess", **light).bind()
+    router = serve.deployment(ABRouter, name="router", **light).bind(
+        routing=config.routing, weights=config.weights, models=models_of(config)
+    )
+    preprocess = serve.deployment(Preprocessor, name="preprocess", **light, **_pool(config.pools.preprocess)).bind(
+        config
+    )
+    postprocess = serve.deployment(Postprocessor, name="postprocess", **light, **_pool(config.pools.postprocess)).bind()
     ingress_cls = serve.ingress(app)(Ingress)
     return serve.deployment(ingress_cls, name="ingress", **light).bind(
         config=config, router=router, preprocess=preprocess, postprocess=postprocess, engines=engines

@@ -44,20 +44,26 @@ def _build_builtin(config: ServeFleetConfig) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from cluster import local
+    from cluster.cli import attach
     from serve_app import control
 
     config = _load(args)
     print("building built-in models (skipped when up to date)...")
     _build_builtin(config)
-    already = local.running_cluster()
-    state = local.start_head(port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port)
+    # A running `servefleet cluster up` (or --address) is deployed onto; otherwise a local head is started.
+    attached = attach(args.address)
+    already = attached or local.running_cluster()
+    state = attached or local.start_head(
+        port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port
+    )
     started_here = already is None
     print(f"ray cluster: {state.address} ({'started' if started_here else 'already running'}); log {state.log_file}")
-    control.connect(state.address)
+    control.connect(state.address, node_ip=state.node_ip if attached else None)
     print(f"deploying app {config.app_name!r} with variants {', '.join(v.name for v in config.variants)}...")
     url = control.base_url(config)
     try:
-        control.deploy(config)
+        # Several nodes on one machine: one HTTP proxy (on the head), or they would all bind the same port.
+        control.deploy(config, proxy_location="HeadOnly" if attached else None)
         ready = control.wait_ready(url, args.ready_timeout)
     except Exception as error:
         print(f"deploy failed: {error}", file=sys.stderr)
@@ -77,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if state.metrics_port is not None:
         print(f"metrics (Prometheus format): http://{state.node_ip}:{state.metrics_port}/metrics")
     if args.detach:
-        print("detached; stop it with: servefleet down")
+        print("detached; stop it with: " + ("servefleet cluster down" if attached else "servefleet down"))
         return 0
     print("serving in the foreground; Ctrl-C stops it.")
     stop = threading.Event()
@@ -107,14 +113,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     import httpx
 
     from cluster import local
+    from cluster.cli import attach
     from serve_app import control
 
     config = _load(args)
-    state = local.running_cluster()
+    attached = attach(None)
+    state = attached or local.running_cluster()
     if state is None:
         print("no local cluster is running (start one with: servefleet up)")
         return 1
-    control.connect(state.address)
+    control.connect(state.address, node_ip=state.node_ip if attached else None)
     status = control.app_status(config.app_name)
     print(f"cluster {state.address}, app {config.app_name}: {status.status if status else 'not deployed'}")
     if status is not None:
@@ -156,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--ray-port", type=int, default=6390, help="the Ray head's GCS port")
     up.add_argument("--dashboard-port", type=int, default=8265, help="the Ray dashboard's port (loopback)")
     up.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics port (8080)")
+    up.add_argument("--address", default=None, help="deploy onto this Ray cluster (default: `cluster up`'s, if any)")
     up.set_defaults(func=cmd_up)
 
     down = commands.add_parser("down", help="stop the local cluster started by `servefleet up`")
@@ -169,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
     from loadtests.cli import register
 
     register(commands)  # loadtest, gate, bench
+    from cluster.cli import register as register_cluster
+
+    register_cluster(commands)  # cluster up, status, down, add-node, kill-node
     return root
 
 

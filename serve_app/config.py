@@ -17,16 +17,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deployments.canary import RolloutConfig
+from deployments.shadow import ShadowConfig
 from deployments.sim_model import SimEngineConfig
+from serve_app.admission import AdmissionConfig
+from serve_app.auth import AuthConfig
+from serve_app.errors import ConfigError
+from serve_app.limits import LimitsConfig
+
+__all__ = ["ConfigError"]  # re-exported: callers have always caught it from here
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"
 BUILTIN_PREFIX = "builtin:"
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the offending field."""
 
 
 class EngineArgs(BaseModel):
@@ -75,12 +79,71 @@ class AutoscalingConfig(BaseModel):
     target_ongoing_requests: float = Field(default=16, gt=0, description="Ongoing requests per replica to aim at.")
     upscale_delay_s: float = Field(default=5, ge=0, description="How long demand must stay high before adding.")
     downscale_delay_s: float = Field(default=30, ge=0, description="How long demand must stay low before removing.")
+    look_back_period_s: float | None = Field(
+        default=None, gt=0, description="Window the load signals are averaged over (Serve's default, 30 s, if unset)."
+    )
+    metrics_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "How often replicas and handles report load (Serve's default, 10 s, if unset). Deprecated by Serve, "
+            "but in Ray 2.60 still the only way to make replicas report faster."
+        ),
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
         if self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be >= min_replicas")
+        look_back, interval = self.look_back_period_s, self.metrics_interval_s
+        if look_back is not None and interval is not None and look_back <= interval:
+            raise ValueError("look_back_period_s must be greater than metrics_interval_s")
         return self
+
+
+class EngineAutoscalingConfig(AutoscalingConfig):
+    """Autoscaling for an engine pool: Serve's request count, or that and the engines' own load signals."""
+
+    policy: Literal["ongoing_requests", "engine_signals"] = Field(
+        default="ongoing_requests",
+        description=(
+            "`ongoing_requests`: Serve's default rule (requests per replica vs target_ongoing_requests). "
+            "`engine_signals`: the most replicas asked for by any of requests per replica, requests waiting in "
+            "the engines' queues, and KV-cache use, as each replica reports them "
+            "(deployments/autoscaling_policy.py); falls back to the request count when no replica reports."
+        ),
+    )
+    target_waiting_requests: float = Field(
+        default=2, gt=0, description="engine_signals: requests waiting in an engine's queue, per replica, to aim at."
+    )
+    target_kv_cache_usage: float = Field(
+        default=0.8, gt=0, le=1, description="engine_signals: fraction of each engine's KV cache in use to aim at."
+    )
+
+
+class PoolConfig(BaseModel):
+    """Replicas of one light pool (preprocess or postprocess): fixed, or autoscaled on requests per replica."""
+
+    model_config = _FROZEN
+
+    replicas: int = Field(default=1, ge=1, description="Fixed number of replicas (ignored with autoscaling).")
+    autoscaling: AutoscalingConfig | None = Field(default=None, description="Autoscale the pool instead.")
+
+
+class PoolsConfig(BaseModel):
+    """The light pools around the engines, and where the light deployments may run."""
+
+    model_config = _FROZEN
+
+    preprocess: PoolConfig = Field(default_factory=PoolConfig, description="Chat template and tokenizer pool.")
+    postprocess: PoolConfig = Field(default_factory=PoolConfig, description="Response shaping pool.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources every light deployment (ingress, router, preprocess, postprocess) asks for, "
+            "e.g. `{head: 0.01}` to keep them on the head node of `servefleet cluster up`."
+        ),
+    )
 
 
 class VariantConfig(BaseModel):
@@ -98,12 +161,19 @@ class VariantConfig(BaseModel):
     tokenizer: str | None = Field(default=None, description="Tokenizer path or id; defaults to `model`.")
     weight: float = Field(default=0, ge=0, le=100, description="Percent of routed traffic (all weights sum to 100).")
     replicas: int = Field(default=1, ge=1, description="Fixed number of engine replicas (ignored with autoscaling).")
-    autoscaling: AutoscalingConfig | None = Field(default=None, description="Autoscale the pool instead.")
+    autoscaling: EngineAutoscalingConfig | None = Field(default=None, description="Autoscale the pool instead.")
     max_ongoing_requests: int = Field(
         default=64, gt=0, description="Requests one replica holds at once; sized to the engine's batch."
     )
     num_cpus: float = Field(default=1, ge=0, description="Ray CPUs reserved for each engine replica.")
     num_gpus: float = Field(default=0, ge=0, description="GPUs for each engine replica (0 on the CPU build).")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources for each engine replica, e.g. `{engine: 1}` so that replicas land only on the "
+            "worker nodes of `servefleet cluster up` (which offer `engine` slots) and spread across them."
+        ),
+    )
     engine: EngineArgs = Field(default_factory=EngineArgs, description="vLLM engine arguments.")
     backend: Literal["vllm", "sim"] = Field(
         default="vllm",
@@ -188,6 +258,17 @@ class GenerationDefaults(BaseModel):
     )
 
 
+class DriftConfig(BaseModel):
+    """Input drift: prompts compared against a reference window of the first ones (serve_app/drift.py)."""
+
+    model_config = _FROZEN
+
+    reference_size: int = Field(default=1000, ge=1, description="Prompts in the fixed reference window.")
+    window_size: int = Field(default=1000, ge=1, description="Prompts in the rolling current window.")
+    min_current: int = Field(default=200, ge=1, description="Prompts the current window needs before scoring.")
+    report_every: int = Field(default=50, ge=1, description="Update the drift gauges every this many prompts.")
+
+
 class ServeFleetConfig(BaseModel):
     """The whole app: variants, routing, server, streaming."""
 
@@ -199,6 +280,22 @@ class ServeFleetConfig(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    pools: PoolsConfig = Field(default_factory=PoolsConfig, description="Preprocess/postprocess pools, placement.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys; off by default (loopback only).")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-request size and time limits.")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Refuse new work (429) while an engine pool is saturated."
+    )
+    shadow: ShadowConfig | None = Field(
+        default=None, description="Mirror a fraction of requests to a variant, compare, never return its output."
+    )
+    rollout: RolloutConfig | None = Field(
+        default=None, description="Canary rollout of a candidate against a baseline, with automatic rollback."
+    )
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Input drift monitoring per variant.")
+    log_text: bool = Field(
+        default=False, description="Put prompt and output text in the JSON logs (off: they may hold user data)."
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> ServeFleetConfig:
@@ -211,6 +308,18 @@ class ServeFleetConfig(BaseModel):
         total = sum(v.weight for v in self.variants)
         if not math.isclose(total, 100.0, abs_tol=1e-6):
             raise ValueError(f"variant weights must sum to 100, they sum to {total:g}")
+        for section, name in (
+            ("shadow.variant", self.shadow and self.shadow.variant),
+            ("rollout.baseline", self.rollout and self.rollout.baseline),
+            ("rollout.candidate", self.rollout and self.rollout.candidate),
+        ):
+            if name and name not in names:
+                raise ValueError(f"{section} names unknown variant {name!r} (known: {', '.join(names)})")
+        if self.limits.request_timeout_s > self.server.request_timeout_s:
+            raise ValueError(
+                f"limits.request_timeout_s ({self.limits.request_timeout_s:g}) must not exceed "
+                f"server.request_timeout_s ({self.server.request_timeout_s:g}), or the proxy cuts requests first"
+            )
         return self
 
     def variant(self, name: str) -> VariantConfig:

@@ -14,16 +14,23 @@ from serve_app.config import ServeFleetConfig
 logger = logging.getLogger(__name__)
 
 
-def connect(address: str) -> None:
+def connect(address: str, *, node_ip: str | None = None) -> None:
+    """Join the cluster at ``address`` as a driver. ``node_ip``: the address this machine's raylets bind to,
+    when it is not the one Ray would guess (the multi-node cluster's 127.0.0.2)."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=address, namespace="servefleet", log_to_driver=False, logging_level=logging.WARNING)
+    options: dict[str, Any] = {"_node_ip_address": node_ip} if node_ip else {}
+    ray.init(address=address, namespace="servefleet", log_to_driver=False, logging_level=logging.WARNING, **options)
 
 
-def deploy(config: ServeFleetConfig) -> None:
-    """Start Serve's HTTP proxy on the configured address and deploy (or update) the app."""
+def deploy(config: ServeFleetConfig, *, proxy_location: str | None = None) -> None:
+    """Start Serve's HTTP proxy on the configured address and deploy (or update) the app.
+
+    ``proxy_location="HeadOnly"`` for several nodes on one machine: Serve's default starts a proxy on every
+    node, and they would all try to bind the same host and port.
+    """
     from ray import serve
 
     from serve_app.builder import build_app
@@ -33,7 +40,8 @@ def deploy(config: ServeFleetConfig) -> None:
             "host": config.server.host,
             "port": config.server.port,
             "request_timeout_s": config.server.request_timeout_s,
-        }
+        },
+        **({"proxy_location": proxy_location} if proxy_location else {}),
     )
     serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 from serve_app.protocol import ErrorBody, ErrorResponse
 
 
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the offending field."""
+
+
 class ServeFleetError(Exception):
     status_code = 500
     error_type = "internal_error"
@@ -33,6 +37,10 @@ class ServeFleetError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the HTTP response carries for this error (subclasses add e.g. a computed Retry-After)."""
+        return {"retry-after": "1"} if self.retryable else {}
 
     def to_response(self) -> ErrorResponse:
         return ErrorResponse(

@@ -7,7 +7,9 @@ and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
@@ -18,8 +20,17 @@ from pydantic import ValidationError
 
 from deployments.postprocess import SSE_DONE, ResponseMeta, StreamFormatter, sse_event
 from deployments.types import EngineChunk
+from serve_app.admission import EngineLoad
+from serve_app.auth import ANONYMOUS, Authenticator, Principal, exposure_warning
 from serve_app.config import ServeFleetConfig
+from serve_app.edge import EdgeGuard, EdgeSettings
 from serve_app.errors import EngineUnavailable, InternalError, InvalidRequest, Overloaded, ServeFleetError
+from serve_app.feedback import FeedbackRequest, FeedbackStore
+from serve_app.guard import RequestGuard
+from serve_app.jsonlog import install_json_logging
+from serve_app.limits import timeout_error
+from serve_app.metrics import FeedbackMetrics, RequestMetrics, RequestTimer, models_of
+from serve_app.paths import logs_dir
 from serve_app.pipeline import AnyRequest, CallContext, Pipeline, new_request_id
 from serve_app.protocol import (
     ChatCompletion,
@@ -33,13 +44,17 @@ from serve_app.protocol import (
 
 logger = logging.getLogger(__name__)
 
+access_log = logging.getLogger("serve_app.access")
+
 VARIANT_HEADER = "x-servefleet-variant"
 REQUEST_ID_HEADER = "x-request-id"
-RETRY_AFTER_S = 1
+LOAD_POLL_S = 0.5  # how stale the engine load behind admission decisions may be
 
 RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 
 app = FastAPI(title="servefleet", summary="OpenAI-compatible LLM serving on Ray Serve and vLLM")
+# Authentication and the body-size limit run before FastAPI parses a byte (a 401 must not depend on the body).
+app.add_middleware(EdgeGuard)
 
 
 def unwrap(error: BaseException) -> BaseException:
@@ -68,10 +83,12 @@ def as_domain_error(error: BaseException) -> ServeFleetError:
 
 
 def error_response(error: ServeFleetError, headers: Mapping[str, str]) -> JSONResponse:
-    out = dict(headers)
-    if error.retryable:
-        out["retry-after"] = str(RETRY_AFTER_S)
+    out = {**headers, **error.response_headers()}
     return JSONResponse(error.to_response().model_dump(), status_code=error.status_code, headers=out)
+
+
+def _principal(request: Request) -> Principal:
+    return getattr(request.state, "principal", ANONYMOUS)
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
@@ -79,6 +96,11 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     # pydantic names the union member it tried ("str", "list[...]"); that is noise to a client.
     parts = [p for p in parts if not (p.startswith(("list[", "function-")) or p in {"str", "int", "float", "bool"})]
     return ".".join(parts) or None
+
+
+# The ingress replica's request metrics, for refusals FastAPI makes before any route (and so any instance)
+# runs; one ingress per replica process.
+_edge_metrics: RequestMetrics | None = None
 
 
 @app.exception_handler(RequestValidationError)
@@ -90,6 +112,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         param = _param_from_loc(tuple(first.get("loc", ())))
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         error = InvalidRequest(message, param=param)
+    if _edge_metrics is not None:
+        timing = RequestTimer(time.monotonic()).finish(time.monotonic(), streamed=False)
+        _edge_metrics.observe_finished(None, error.status_code, timing, error_type=error.code or error.error_type)
     return error_response(error, {})
 
 
@@ -120,7 +145,87 @@ class Ingress:
         engines: Mapping[str, Any],
     ) -> None:
         self._config = config
-        self._pipeline = Pipeline(router=router, preprocess=preprocess, postprocess=postprocess, engines=engines)
+        install_json_logging(stream=open(logs_dir() / "requests.jsonl", "a", buffering=1), include_text=config.log_text)  # noqa: SIM115 - lives as long as the replica
+        self._auth = Authenticator.from_config(config.auth)
+        warning = exposure_warning(config.auth, config.server.host)
+        if warning:
+            logger.warning(warning)
+        EdgeGuard.configure(EdgeSettings(auth=self._auth, limits=config.limits))
+        self._guard = RequestGuard(self._auth, config.limits, config.admission, [v.name for v in config.variants])
+        self._engines = dict(engines)
+        self._pipeline = Pipeline(
+            router=router,
+            preprocess=preprocess,
+            postprocess=postprocess,
+            engines=engines,
+            guard=self._guard,
+            limits=config.limits,
+        )
+        models = models_of(config)
+        self._metrics = RequestMetrics(models)
+        global _edge_metrics
+        _edge_metrics = self._metrics
+        self._feedback_metrics = FeedbackMetrics(models)
+        self._feedback: FeedbackStore | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    # ---- engine load, for admission control ----
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_load())
+
+    async def _poll_load(self) -> None:
+        while True:
+            loads: dict[str, EngineLoad] = {}
+            for name, handle in self._engines.items():
+                try:
+                    stats = await asyncio.wait_for(handle.stats.remote(), timeout=2)
+                except Exception:  # no snapshot: admission admits, which is right while replicas restart
+                    continue
+                extra = stats.extra
+                if "num_requests_waiting" in extra:
+                    loads[name] = EngineLoad(
+                        waiting_requests=int(extra["num_requests_waiting"]),
+                        kv_cache_usage=float(extra.get("kv_cache_usage_perc", 0.0)),
+                        running_requests=int(extra.get("num_requests_running", stats.running_requests)),
+                    )
+            self._guard.update_load(loads)
+            await asyncio.sleep(LOAD_POLL_S)
+
+    # ---- request accounting: metrics and the access log ----
+
+    def _finished(
+        self,
+        ctx: CallContext,
+        variant: str | None,
+        timer: RequestTimer,
+        *,
+        status: int,
+        streamed: bool,
+        prompt_tokens: int = 0,
+        output_tokens: int | None = None,
+        error: ServeFleetError | None = None,
+    ) -> None:
+        timing = timer.finish(time.monotonic(), streamed=streamed, output_tokens=output_tokens)
+        error_type = None if error is None else (error.code or error.error_type)
+        self._metrics.observe_finished(variant, status, timing, prompt_tokens=prompt_tokens, error_type=error_type)
+        access_log.info(
+            "request finished",
+            extra={
+                "request_id": ctx.request_id,
+                "variant": variant,
+                "status": status,
+                "stream": streamed,
+                "e2e_s": round(timing.e2e_s, 4),
+                "ttft_s": None if timing.ttft_s is None else round(timing.ttft_s, 4),
+                "itl_s": None if timing.itl_s is None else round(timing.itl_s, 5),
+                "prompt_tokens": prompt_tokens,
+                "output_tokens": timing.output_tokens,
+                "error_type": error_type,
+                "api_key": ctx.principal.name,
+            },
+        )
 
     # ---- Python handle API: the same path as HTTP, typed requests in, typed responses out ----
 
@@ -128,14 +233,35 @@ class Ingress:
         return CallContext(request_id=request_id or new_request_id(), sticky_key=sticky_key, override=variant)
 
     async def _complete(self, request: AnyRequest, ctx: CallContext) -> ChatCompletion | Completion:
+        self._ensure_poller()
+        timer = RequestTimer(time.monotonic())
         try:
-            return await self._pipeline.complete(request, ctx)
+            result = await asyncio.wait_for(
+                self._pipeline.complete(request, ctx), timeout=self._config.limits.request_timeout_s
+            )
+        except TimeoutError:
+            error = timeout_error("request", self._config.limits)
+            self._finished(ctx, None, timer, status=error.status_code, streamed=False, error=error)
+            raise error from None
         except Exception as error:
             # Errors from other replicas arrive wrapped by Ray (RayTaskError subclassing the domain error but
             # with Ray's args); unwrapping recovers the original with its param and code.
-            raise as_domain_error(error) from None
+            domain = as_domain_error(error)
+            self._finished(ctx, None, timer, status=domain.status_code, streamed=False, error=domain)
+            raise domain from None
+        self._finished(
+            ctx,
+            result.model,
+            timer,
+            status=200,
+            streamed=False,
+            prompt_tokens=result.usage.prompt_tokens,
+            output_tokens=result.usage.completion_tokens,
+        )
+        return result
 
     async def _stream(self, request: AnyRequest, ctx: CallContext) -> tuple[ResponseMeta, AsyncIterator[EngineChunk]]:
+        self._ensure_poller()
         try:
             return await self._pipeline.stream(request, ctx)
         except Exception as error:
@@ -192,13 +318,39 @@ class Ingress:
             yield Completion.model_validate(payload)
 
     async def _payloads(self, request: AnyRequest, ctx: CallContext) -> AsyncIterator[dict[str, object]]:
-        meta, chunks = await self._stream(request, ctx)
+        timer = RequestTimer(time.monotonic())
+        try:
+            meta, chunks = await self._stream(request, ctx)
+        except ServeFleetError as error:
+            self._finished(ctx, None, timer, status=error.status_code, streamed=True, error=error)
+            raise
         formatter = _formatter(meta, request)
-        async for chunk in chunks:
+        async for chunk in self._timed(chunks, meta, ctx, timer):
             yield formatter.chunk(chunk)
         closing = formatter.usage_chunk()
         if closing is not None:
             yield closing
+
+    async def _timed(
+        self, chunks: AsyncIterator[EngineChunk], meta: ResponseMeta, ctx: CallContext, timer: RequestTimer
+    ) -> AsyncIterator[EngineChunk]:
+        """Pass a stream through, timing what the client receives; account for it however it ends."""
+        status, error = 499, None  # 499 (nginx's "client closed request") unless it ends otherwise
+        self._metrics.request_started(meta.variant)
+        try:
+            async for chunk in chunks:
+                timer.on_chunk(time.monotonic(), chunk.num_tokens, bool(chunk.text))
+                yield chunk
+            status = 200
+        except Exception as exc:
+            error = as_domain_error(exc)
+            status = error.status_code
+            raise error from None
+        finally:
+            self._metrics.request_ended(meta.variant)
+            self._finished(
+                ctx, meta.variant, timer, status=status, streamed=True, prompt_tokens=meta.prompt_tokens, error=error
+            )
 
     # ---- HTTP routes ----
 
@@ -208,6 +360,7 @@ class Ingress:
             request_id=_request_id(request),
             sticky_key=request.headers.get(routing.sticky_header),
             override=request.headers.get(routing.override_header),
+            principal=_principal(request),
         )
 
     async def _respond(self, body: AnyRequest, request: Request) -> Any:
@@ -215,6 +368,7 @@ class Ingress:
         # Serve's proxy already echoes x-request-id on every response (generating one when the client sent
         # none), so only the variant is added here.
         headers: dict[str, str] = {}
+        timer = RequestTimer(time.monotonic())
         try:
             if not body.stream:
                 result = await self._complete(body, ctx)
@@ -222,10 +376,12 @@ class Ingress:
                 return JSONResponse(result.model_dump(), headers=headers)
             meta, chunks = await self._stream(body, ctx)
         except ServeFleetError as error:
+            if body.stream:  # _complete has accounted for its own failures
+                self._finished(ctx, None, timer, status=error.status_code, streamed=True, error=error)
             return error_response(error, headers)
         headers[VARIANT_HEADER] = meta.variant
         return StreamingResponse(
-            _sse(meta, body, chunks, ctx.request_id),
+            _sse(meta, body, self._timed(chunks, meta, ctx, timer), ctx.request_id),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
@@ -239,11 +395,30 @@ class Ingress:
         return await self._respond(body, request)
 
     @app.get("/v1/models")
-    async def http_models(self) -> ModelList:
-        variants = [v.name for v in self._config.variants]
-        cards = [ModelCard(id=self._config.routing.public_model, variants=variants)]
+    async def http_models(self, request: Request) -> ModelList:
+        principal = _principal(request)
+        variants = [v.name for v in self._config.variants if principal.may_use(v.name)]
+        cards = [ModelCard(id=self._config.routing.public_model, variants=variants)] if variants else []
         cards += [ModelCard(id=name, variants=[name]) for name in variants]
         return ModelList(data=cards)
+
+    @app.post("/v1/feedback")
+    async def http_feedback(self, body: FeedbackRequest, request: Request) -> JSONResponse:
+        """Rate an answer (1 to 5) by its request id; stored durably, aggregated per variant."""
+        known = [v.name for v in self._config.variants]
+        if body.variant not in known:
+            error = InvalidRequest(f"unknown variant {body.variant!r} (known: {', '.join(known)})", param="variant")
+            return error_response(error, {})
+        try:
+            self._auth.authorize_variant(_principal(request), body.variant)
+        except ServeFleetError as error:
+            return error_response(error, {})
+        if self._feedback is None:
+            self._feedback = FeedbackStore()
+        first = await asyncio.to_thread(self._feedback.record, body.request_id, body.variant, body.score, body.comment)
+        if first:
+            self._feedback_metrics.observe_feedback(body.variant, body.score)
+        return JSONResponse({"request_id": body.request_id, "recorded": True, "first_rating": first})
 
     @app.get("/healthz")
     async def http_healthz(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -236,6 +237,9 @@ class MetricSink(Protocol):
     def set(self, spec: MetricSpec, value: float, tags: Mapping[str, str]) -> None: ...
 
 
+GAUGE_REFRESH_S = 1.0
+
+
 class RaySink:
     """Records into ``ray.util.metrics`` objects, each made on first use and kept for the process's life.
 
@@ -243,11 +247,14 @@ class RaySink:
     ``strict=True`` raises instead, for tests.
     """
 
-    def __init__(self, *, strict: bool = False) -> None:
+    def __init__(self, *, strict: bool = False, gauge_refresh_s: float = GAUGE_REFRESH_S) -> None:
         self._metrics: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._strict = strict
         self._warned: set[str] = set()
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[MetricSpec, float]] = {}
+        self._gauge_refresh_s = gauge_refresh_s
+        self._refresher: threading.Thread | None = None
 
     def _metric(self, spec: MetricSpec) -> Any:
         metric = self._metrics.get(spec.name)
@@ -278,6 +285,22 @@ class RaySink:
 
     def set(self, spec: MetricSpec, value: float, tags: Mapping[str, str]) -> None:
         self._record(spec, "set", value, tags)
+        with self._lock:
+            self._gauges[(spec.name, tuple(sorted(tags.items())))] = (spec, float(value))
+            if self._refresher is None:
+                self._refresher = threading.Thread(target=self._refresh_gauges, name="gauge-refresh", daemon=True)
+                self._refresher.start()
+
+    def _refresh_gauges(self) -> None:
+        # Ray 2.60 exports a gauge value only in the report interval it was set in, then drops the series
+        # (measured: gone from the agent's /metrics two seconds after one set). A gauge that changes rarely
+        # (weights, ongoing requests at rest, drift) would read as missing; so every value is set again.
+        while True:
+            time.sleep(self._gauge_refresh_s)
+            with self._lock:
+                current = list(self._gauges.items())
+            for (_, tags), (spec, value) in current:
+                self._record(spec, "set", value, dict(tags))
 
 
 def _make_ray_metric(spec: MetricSpec) -> Any:

@@ -6,6 +6,7 @@ and the same response types. It holds deployment handles and no model state.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,10 @@ from typing import Any
 from deployments.postprocess import ResponseMeta, new_meta
 from deployments.routing import RouteQuery
 from deployments.types import EngineChunk, PreparedRequest, RequestKind
+from serve_app.auth import ANONYMOUS, Principal
 from serve_app.errors import EngineUnavailable
+from serve_app.guard import RequestGuard, Ticket
+from serve_app.limits import LimitsConfig, check_request, timeout_error
 from serve_app.protocol import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 
 AnyRequest = ChatCompletionRequest | CompletionRequest
@@ -27,6 +31,7 @@ class CallContext:
     request_id: str
     sticky_key: str | None = None
     override: str | None = None
+    principal: Principal = ANONYMOUS
 
 
 def new_request_id() -> str:
@@ -49,18 +54,25 @@ class Pipeline:
         preprocess: Any,
         postprocess: Any,
         engines: Mapping[str, Any],
+        guard: RequestGuard | None = None,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self._router = router
         self._preprocess = preprocess
         self._postprocess = postprocess
         self._engines = dict(engines)
         self._streams = {name: handle.options(stream=True) for name, handle in self._engines.items()}
+        self._guard = guard
+        self._limits = limits or LimitsConfig()
 
     @property
     def variants(self) -> list[str]:
         return list(self._engines)
 
     async def _prepare(self, request: AnyRequest, ctx: CallContext) -> tuple[PreparedRequest, ResponseMeta]:
+        # Field limits first: a request that breaks one costs no hop at all.
+        if (violation := check_request(request, self._limits)) is not None:
+            raise violation.error()
         query = RouteQuery(model=request.model, sticky_key=ctx.sticky_key or request.user, override=ctx.override)
         decision = await self._router.route.remote(query)
         kind = _kind(request)
@@ -68,26 +80,44 @@ class Pipeline:
         prepared: PreparedRequest = await prepare.remote(ctx.request_id, decision.variant, request)
         return prepared, new_meta(_response_id(kind), decision.variant, kind, prepared.prompt_tokens)
 
+    def _admit(self, prepared: PreparedRequest, ctx: CallContext) -> Ticket | None:
+        return None if self._guard is None else self._guard.admit(ctx.principal, prepared)
+
+    def _release(self, ticket: Ticket | None, output_tokens: int) -> None:
+        if ticket is not None and self._guard is not None:
+            self._guard.release(ticket, output_tokens)
+
     async def complete(self, request: AnyRequest, ctx: CallContext) -> ChatCompletion | Completion:
         prepared, meta = await self._prepare(request, ctx)
-        # Passing the engine's response straight into postprocess chains the two hops inside Serve,
-        # without a round trip of the generated text through this process.
-        result = self._engines[prepared.variant].generate.remote(prepared)
-        return await self._postprocess.finalize.remote(meta, result)
+        ticket = self._admit(prepared, ctx)
+        used = prepared.sampling.max_tokens  # charged in full unless the answer says otherwise
+        try:
+            # Passing the engine's response straight into postprocess chains the two hops inside Serve,
+            # without a round trip of the generated text through this process.
+            result = self._engines[prepared.variant].generate.remote(prepared)
+            answer = await self._postprocess.finalize.remote(meta, result)
+            used = answer.usage.completion_tokens
+            return answer
+        finally:
+            self._release(ticket, used)
 
     async def stream(self, request: AnyRequest, ctx: CallContext) -> tuple[ResponseMeta, AsyncIterator[EngineChunk]]:
         """Start a stream and wait for its first chunk, so that a request the engine refuses becomes an
         error response rather than a broken stream."""
         prepared, meta = await self._prepare(request, ctx)
+        ticket = self._admit(prepared, ctx)
+        idle_s = self._limits.stream_idle_timeout_s
         generator = self._streams[prepared.variant].generate_stream.remote(prepared)
         try:
-            first = await generator.__anext__()
+            first = await _next_chunk(generator, idle_s, self._limits)
         except StopAsyncIteration:
+            self._release(ticket, 0)
             raise EngineUnavailable("the engine closed the stream before producing output") from None
         except BaseException:
             generator.cancel()
+            self._release(ticket, 0)
             raise
-        return meta, _prepend(first, generator)
+        return meta, _prepend(first, generator, idle_s, self._limits, lambda used: self._release(ticket, used))
 
     async def ping_engines(self) -> dict[str, bool]:
         results = {}
@@ -100,17 +130,32 @@ class Pipeline:
         return results
 
 
-async def _prepend(first: EngineChunk, generator: Any) -> AsyncIterator[EngineChunk]:
+async def _next_chunk(generator: Any, idle_s: float, limits: LimitsConfig) -> EngineChunk:
+    try:
+        return await asyncio.wait_for(generator.__anext__(), timeout=idle_s)
+    except TimeoutError:
+        raise timeout_error("stream_idle", limits) from None
+
+
+async def _prepend(
+    first: EngineChunk, generator: Any, idle_s: float, limits: LimitsConfig, release: Any
+) -> AsyncIterator[EngineChunk]:
     finished = first.finish_reason is not None
+    used = first.num_tokens
     try:
         yield first
-        if finished:
-            return
-        async for chunk in generator:
+        while not finished:
+            try:
+                chunk = await _next_chunk(generator, idle_s, limits)
+            except StopAsyncIteration:
+                break
+            used += chunk.num_tokens
+            finished = chunk.finish_reason is not None
             yield chunk
         finished = True
     finally:
+        release(used)
         if not finished:
-            # An error, or the client went away (the consumer was cancelled): cancelling the handle's
-            # stream cancels the engine replica's generator, and vLLM aborts the request.
+            # An error, a stream gone idle, or the client went away (the consumer was cancelled): cancelling
+            # the handle's stream cancels the engine replica's generator, and vLLM aborts the request.
             generator.cancel()

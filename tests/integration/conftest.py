@@ -28,6 +28,7 @@ class RunningApp:
     config: ServeFleetConfig
     url: str
     address: str  # the Ray GCS address, for drivers in other processes
+    metrics_port: int  # Ray's metrics agent, where Prometheus scrapes every replica's metrics
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,8 @@ def running_app() -> Iterator[RunningApp]:
     from cluster.local import ray_environment
 
     os.environ.update(ray_environment())
+    # Replicas push their metrics to the agent every second instead of every ten, so scrapes see them soon.
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray reads this exact name
     import ray
     from ray import serve
 
@@ -42,6 +45,7 @@ def running_app() -> Iterator[RunningApp]:
     from serve_app.control import wait_ready
 
     port = free_port()
+    metrics_port = free_port()
     config = load_config(overrides={"server": {"port": port}, "app_name": "servefleet-test"})
     ray.init(
         address="local",
@@ -52,6 +56,7 @@ def running_app() -> Iterator[RunningApp]:
         namespace="servefleet",
         logging_level="WARNING",
         log_to_driver=False,
+        _metrics_export_port=metrics_port,
     )
     try:
         started = time.monotonic()
@@ -61,7 +66,7 @@ def running_app() -> Iterator[RunningApp]:
         wait_ready(url, timeout_s=600)
         print(f"\n[integration] graph ready in {time.monotonic() - started:.1f}s at {url}")
         address = ray.get_runtime_context().gcs_address
-        yield RunningApp(config=config, url=url, address=address)
+        yield RunningApp(config=config, url=url, address=address, metrics_port=metrics_port)
     finally:
         serve.shutdown()
         ray.shutdown()

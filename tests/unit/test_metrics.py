@@ -317,3 +317,24 @@ def test_timer_without_a_stream_or_with_one_token():
     one.on_chunk(0.2, num_tokens=1, has_text=True)
     assert one.finish(0.3) == RequestTiming(e2e_s=0.3, ttft_s=0.2, itl_s=None, output_tokens=1)
     assert RequestTimer(0.0).finish(2.0, output_tokens=0) == RequestTiming(e2e_s=2.0)
+
+
+def test_ray_sink_sets_gauges_again_so_ray_keeps_exporting_them(monkeypatch):
+    import time as _time
+
+    from serve_app import metrics as module
+
+    calls: list[tuple[float, dict]] = []
+
+    class FakeGauge:
+        def set(self, value, tags):
+            calls.append((value, tags))
+
+    monkeypatch.setattr(module, "_make_ray_metric", lambda spec: FakeGauge())
+    sink = module.RaySink(strict=True, gauge_refresh_s=0.01)
+    sink.set(module.VARIANT_WEIGHT, 25.0, {"variant": "a", "model": "m"})
+    deadline = _time.monotonic() + 5
+    while len(calls) < 3 and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert len(calls) >= 3
+    assert all(call == (25.0, {"variant": "a", "model": "m"}) for call in calls)

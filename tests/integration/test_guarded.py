@@ -1,0 +1,177 @@
+"""Auth, rate limits, request limits and feedback on a real deployment: a second app on the session's Ray
+cluster, with API keys on and the SIMULATED engine (the guards under test sit in front of the engine, so the
+real one adds only minutes here; the main app covers vLLM)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.auth import hash_token
+from serve_app.config import parse_config
+
+ALICE = "sf-alice-" + "a" * 40  # may use sim-a only
+SLOW = "sf-slow-" + "b" * 40  # one request per 2 seconds
+ADMIN = "sf-admin-" + "c" * 40
+MSG = [{"role": "user", "content": "hello"}]
+PREFIX = "/guarded"
+
+
+@pytest.fixture(scope="module")
+def guarded(running_app, tmp_path_factory) -> Iterator[httpx.Client]:
+    from ray import serve
+
+    from serve_app.builder import build_app
+    from serve_app.control import wait_ready
+
+    keys = Path(tmp_path_factory.mktemp("keys")) / "keys.yaml"
+    keys.write_text(
+        "keys:\n"
+        f"  - {{name: alice, key_hash: '{hash_token(ALICE)}', variants: [sim-a]}}\n"
+        f"  - {{name: slow, key_hash: '{hash_token(SLOW)}', variants: ['*'], requests_per_s: 0.5}}\n"
+        f"  - {{name: admin, key_hash: '{hash_token(ADMIN)}', variants: ['*'], admin: true}}\n"
+    )
+    os.chmod(keys, 0o600)
+    sim = {"model": "builtin:tiny-v1", "backend": "sim", "num_cpus": 0, "engine": {"max_model_len": 1024}}
+    config = parse_config(
+        {
+            "app_name": "guarded",
+            "server": {"port": running_app.config.server.port},
+            "variants": [{"name": "sim-a", "weight": 100, **sim}, {"name": "sim-b", "weight": 0, **sim}],
+            "auth": {"enabled": True, "keys_file": str(keys)},
+            "limits": {"max_body_bytes": 4096, "max_tokens": 64, "max_prompt_tokens": 200},
+        }
+    )
+    url = f"{running_app.url}{PREFIX}"
+
+    def deploy() -> None:
+        serve.run(build_app(config), name=config.app_name, route_prefix=PREFIX, blocking=False)
+        wait_ready(url, timeout_s=300)
+
+    try:
+        deploy()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            client.redeploy = deploy  # type: ignore[attr-defined]
+            yield client
+    finally:
+        serve.delete(config.app_name)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def chat(client: httpx.Client, token: str | None, **body) -> httpx.Response:
+    headers = bearer(token) if token else {}
+    headers.update(body.pop("headers", {}))
+    return client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, **body}, headers=headers)
+
+
+def test_probes_stay_open_without_a_key(guarded):
+    assert guarded.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"authorization": "Bearer sf-unknown-" + "z" * 40}, {"authorization": "Basic abc"}],
+    ids=["missing", "unknown", "malformed"],
+)
+def test_requests_without_a_valid_key_get_401(guarded, headers):
+    response = guarded.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG}, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_401_comes_before_the_body_is_even_parsed(guarded):
+    response = guarded.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 401
+
+
+def test_a_key_gets_403_for_a_variant_it_was_not_granted(guarded):
+    assert chat(guarded, ALICE, max_tokens=4).status_code == 200
+    response = chat(guarded, ALICE, max_tokens=4, headers={"x-servefleet-variant": "sim-b"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_models_lists_only_what_the_key_may_use(guarded):
+    ids = {card["id"] for card in guarded.get("/v1/models", headers=bearer(ALICE)).json()["data"]}
+    assert "sim-a" in ids and "sim-b" not in ids
+    ids = {card["id"] for card in guarded.get("/v1/models", headers=bearer(ADMIN)).json()["data"]}
+    assert {"sim-a", "sim-b"} <= ids
+
+
+def test_rate_limit_answers_429_with_retry_after_and_recovers(guarded):
+    assert chat(guarded, SLOW, max_tokens=4).status_code == 200
+    refused = chat(guarded, SLOW, max_tokens=4)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    wait = int(refused.headers["retry-after"])
+    assert 1 <= wait <= 3
+    time.sleep(wait)
+    assert chat(guarded, SLOW, max_tokens=4).status_code == 200
+
+
+def test_body_over_the_limit_is_413(guarded):
+    big = [{"role": "user", "content": "x" * 5000}]
+    response = guarded.post("/v1/chat/completions", json={"model": "tiny", "messages": big}, headers=bearer(ADMIN))
+    assert response.status_code == 413
+    assert "limit is 4096" in response.json()["error"]["message"]
+
+
+def test_chunked_body_over_the_limit_is_413(guarded):
+    def chunks():
+        yield b'{"model": "tiny", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    response = guarded.post(
+        "/v1/chat/completions", content=chunks(), headers={**bearer(ADMIN), "content-type": "application/json"}
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"max_tokens": 65}, "max_tokens"),
+        ({"n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "w " * 300}]}, "messages"),
+    ],
+    ids=["max_tokens cap", "n", "prompt tokens"],
+)
+def test_each_request_limit_has_its_own_400(guarded, body, param):
+    response = chat(guarded, ADMIN, **body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_feedback_is_stored_and_survives_a_restart_of_the_app(guarded):
+    answer = chat(guarded, ADMIN, max_tokens=4)
+    request_id = answer.headers["x-request-id"]
+    body = {"request_id": request_id, "variant": answer.headers["x-servefleet-variant"], "score": 4}
+    first = guarded.post("/v1/feedback", json=body, headers=bearer(ADMIN))
+    assert first.status_code == 200 and first.json()["first_rating"] is True
+    bad = guarded.post("/v1/feedback", json={**body, "score": 9}, headers=bearer(ADMIN))
+    assert bad.status_code == 400
+    unknown = guarded.post("/v1/feedback", json={**body, "variant": "nope"}, headers=bearer(ADMIN))
+    assert unknown.status_code == 400
+
+    from ray import serve
+
+    from serve_app.feedback import FeedbackStore
+
+    serve.delete("guarded")  # every replica of the app goes away...
+    guarded.redeploy()  # ...and new ones start
+    with FeedbackStore() as store:
+        entry = store.get(request_id)
+        assert entry is not None and entry.score == 4 and entry.variant == body["variant"]
+    again = guarded.post("/v1/feedback", json={**body, "score": 5}, headers=bearer(ADMIN))
+    assert again.status_code == 200 and again.json()["first_rating"] is False  # the new ingress saw the old row

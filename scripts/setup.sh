@@ -18,6 +18,18 @@ fi
 FLAVOUR=${SERVEFLEET_ENGINE:-cpu}
 case "$FLAVOUR" in cpu|gpu) ;; *) echo "setup: SERVEFLEET_ENGINE must be cpu or gpu" >&2; exit 1;; esac
 
+# Debian's prometheus: the metrics tests scrape the app with a real Prometheus server. Installed when
+# missing and this shell may use apt (root, or passwordless sudo); otherwise say how.
+if ! command -v prometheus >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian's prometheus package (used by the metrics tests)..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }
+  else
+    echo "setup: 'prometheus' is not installed; the metrics tests need it (sudo apt-get install prometheus)" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.servefleet-installed
 want="$FLAVOUR $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"

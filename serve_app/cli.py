@@ -135,10 +135,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         response = httpx.get(f"{url}/readyz", timeout=5)
         print(f"health: {url}/readyz -> {response.status_code} {response.text}")
+        _print_feedback()
     except httpx.HTTPError as error:
         print(f"health: {url}/readyz unreachable ({error!r})")
         return 1
     return 0 if response.status_code == 200 else 1
+
+
+def _print_feedback() -> None:
+    from serve_app.feedback import FeedbackStore, default_feedback_path
+
+    if not default_feedback_path().exists():
+        print("feedback: none yet (POST /v1/feedback)")
+        return
+    with FeedbackStore() as store:
+        summary = store.summary()
+    for variant, entry in sorted(summary.items()):
+        print(f"feedback {variant}: {entry.count} ratings, mean {entry.mean:.2f} (1-5)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ without restarting a replica; the policy itself is rebuilt, never mutated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -18,6 +19,8 @@ from serve_app.errors import EngineUnavailable, InvalidRequest, ModelNotFound
 from serve_app.metrics import RoutingMetrics
 
 logger = logging.getLogger(__name__)
+
+ROLLOUT_POLL_S = 1.0
 
 
 def validate_weights(weights: Mapping[str, float], variants: list[str]) -> dict[str, float]:
@@ -32,7 +35,11 @@ def validate_weights(weights: Mapping[str, float], variants: list[str]) -> dict[
 
 class ABRouter:
     def __init__(
-        self, routing: RoutingConfig, weights: Mapping[str, float], models: Mapping[str, str] | None = None
+        self,
+        routing: RoutingConfig,
+        weights: Mapping[str, float],
+        models: Mapping[str, str] | None = None,
+        rollout: Any = None,
     ) -> None:
         self._routing = routing
         self._variants = list(weights)
@@ -40,18 +47,38 @@ class ABRouter:
         self._policy = RoutingPolicy(weights, public_model=routing.public_model, salt=routing.salt)
         self._metrics = RoutingMetrics(models if models is not None else {name: name for name in weights})
         self._weights_published = 0.0
+        self._rollout = rollout  # a RolloutDriver handle: during a canary, weights come from it
+        self._follower: asyncio.Task[None] | None = None
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         weights = user_config.get("weights")
         if weights is None:
             return
+        self._set_weights(weights)
+
+    def _set_weights(self, weights: Mapping[str, float]) -> None:
         merged = validate_weights(weights, self._variants)
+        if merged == self._weights:
+            return
         self._weights = merged
         self._policy = RoutingPolicy(merged, public_model=self._routing.public_model, salt=self._routing.salt)
         self._weights_published = 0.0
         logger.info("routing weights now %s", merged)
 
+    def _follow_rollout(self) -> None:
+        if self._rollout is not None and (self._follower is None or self._follower.done()):
+            self._follower = asyncio.get_running_loop().create_task(self._poll_rollout())
+
+    async def _poll_rollout(self) -> None:
+        while True:
+            try:
+                self._set_weights(await self._rollout.weights.remote())
+            except Exception as error:  # keep the last weights; the driver is restarted by Serve
+                logger.warning("cannot read rollout weights: %r", error)
+            await asyncio.sleep(ROLLOUT_POLL_S)
+
     async def route(self, query: RouteQuery) -> RouteDecision:
+        self._follow_rollout()
         try:
             decision = self._policy.decide(query)
             self._metrics.observe_decision(decision.variant, decision.reason)

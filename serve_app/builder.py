@@ -18,6 +18,7 @@ from deployments.autoscaling_policy import POLICY_PATH, with_engine_signals
 from deployments.engine import EngineReplica
 from deployments.postprocess import Postprocessor
 from deployments.preprocess import Preprocessor
+from deployments.rollout import RolloutDriver
 from deployments.router import ABRouter
 from deployments.sim_engine import SimEngineReplica
 from serve_app.config import (
@@ -127,8 +128,15 @@ def build_app(config: ServeFleetConfig) -> Application:
         ).bind(variant=v, stream=config.stream, **({"sim": v.sim} if v.backend == "sim" else {}))
         for v in config.variants
     }
+    rollout = (
+        None
+        if config.rollout is None
+        else serve.deployment(RolloutDriver, name="rollout", num_replicas=1, **light).bind(
+            rollout=config.rollout, weights=config.weights
+        )
+    )
     router = serve.deployment(ABRouter, name="router", **light).bind(
-        routing=config.routing, weights=config.weights, models=models_of(config)
+        routing=config.routing, weights=config.weights, models=models_of(config), rollout=rollout
     )
     preprocess = serve.deployment(Preprocessor, name="preprocess", **light, **_pool(config.pools.preprocess)).bind(
         config
@@ -136,7 +144,12 @@ def build_app(config: ServeFleetConfig) -> Application:
     postprocess = serve.deployment(Postprocessor, name="postprocess", **light, **_pool(config.pools.postprocess)).bind()
     ingress_cls = serve.ingress(app)(Ingress)
     return serve.deployment(ingress_cls, name="ingress", **light).bind(
-        config=config, router=router, preprocess=preprocess, postprocess=postprocess, engines=engines
+        config=config,
+        router=router,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        engines=engines,
+        rollout=rollout,
     )
 
 

@@ -72,6 +72,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             local.stop()
         return 1
     print(f"ready: {ready}")
+    from serve_app import deploy_history
+
+    deploy_history.record(config)
     print(f"\nOpenAI-compatible API at {url}/v1 (model '{config.routing.public_model}' or a variant name)")
     print("try:")
     print(
@@ -142,6 +145,72 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if response.status_code == 200 else 1
 
 
+def _deploy_running(config: ServeFleetConfig, timeout_s: float) -> int:
+    """Apply ``config`` to the running cluster: Serve starts new replicas where anything changed and drains the
+    old ones only once the new are up, so requests keep being served throughout."""
+    from cluster import local
+    from serve_app import control
+
+    state = local.running_cluster()
+    if state is None:
+        print("no local cluster is running (start one with: servefleet up)", file=sys.stderr)
+        return 1
+    control.connect(state.address)
+    control.deploy(config)
+    ready = control.wait_ready(control.base_url(config), timeout_s)
+    print(f"deployed {config.app_name!r}: variants {', '.join(f'{v.name} {v.weight:g}%' for v in config.variants)}")
+    print(f"ready: {ready}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from serve_app import deploy_history
+
+    config = load_config(args.file)
+    code = _deploy_running(config, args.ready_timeout)
+    if code == 0:
+        deploy_history.record(config)
+        print("recorded; `servefleet rollback` returns to the config deployed before this one")
+    return code
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from serve_app import deploy_history
+
+    before = deploy_history.previous()
+    if before is None:
+        print("nothing to roll back to: fewer than two deploys recorded", file=sys.stderr)
+        return 1
+    code = _deploy_running(before, args.ready_timeout)
+    if code == 0:
+        deploy_history.drop_newest()
+        print("rolled back to the previous config")
+    return code
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import json
+
+    from ray import serve
+
+    from cluster import local
+    from serve_app import control
+
+    config = _load(args)
+    if config.rollout is None:
+        print("this config has no rollout section (see README: Canary rollout)", file=sys.stderr)
+        return 1
+    state = local.running_cluster()
+    if state is None:
+        print("no local cluster is running (start one with: servefleet up)", file=sys.stderr)
+        return 1
+    control.connect(state.address)
+    driver = serve.get_deployment_handle("rollout", app_name=config.app_name)
+    result = getattr(driver, args.action).remote().result(timeout_s=30)
+    print(json.dumps(result, indent=2))
+    return 0 if result.get("ok", True) else 1
+
+
 def _print_feedback() -> None:
     from serve_app.feedback import FeedbackStore, default_feedback_path
 
@@ -179,6 +248,18 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics port (8080)")
     up.add_argument("--address", default=None, help="deploy onto this Ray cluster (default: `cluster up`'s, if any)")
     up.set_defaults(func=cmd_up)
+
+    deploy = commands.add_parser("deploy", help="apply a changed config to the running cluster (zero downtime)")
+    deploy.add_argument("file", type=Path, help="the new config YAML")
+    deploy.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for readiness")
+    deploy.set_defaults(func=cmd_deploy)
+    rollback = commands.add_parser("rollback", help="redeploy the config that was deployed before the current one")
+    rollback.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for readiness")
+    rollback.set_defaults(func=cmd_rollback)
+
+    rollout = with_config(commands.add_parser("rollout", help="watch, promote or abort the canary rollout"))
+    rollout.add_argument("action", choices=["status", "promote", "abort"])
+    rollout.set_defaults(func=cmd_rollout)
 
     down = commands.add_parser("down", help="stop the local cluster started by `servefleet up`")
     down.set_defaults(func=cmd_down)

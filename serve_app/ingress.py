@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from deployments.canary import StatsWindow
 from deployments.postprocess import SSE_DONE, ResponseMeta, StreamFormatter, sse_event
 from deployments.types import EngineChunk
 from serve_app.admission import EngineLoad
@@ -29,7 +30,7 @@ from serve_app.feedback import FeedbackRequest, FeedbackStore
 from serve_app.guard import RequestGuard
 from serve_app.jsonlog import install_json_logging
 from serve_app.limits import timeout_error
-from serve_app.metrics import FeedbackMetrics, RequestMetrics, RequestTimer, models_of
+from serve_app.metrics import FeedbackMetrics, RequestMetrics, RequestTimer, ShadowMetrics, models_of
 from serve_app.paths import logs_dir
 from serve_app.pipeline import AnyRequest, CallContext, Pipeline, new_request_id
 from serve_app.protocol import (
@@ -41,6 +42,7 @@ from serve_app.protocol import (
     ModelCard,
     ModelList,
 )
+from serve_app.shadowing import Shadower
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ access_log = logging.getLogger("serve_app.access")
 VARIANT_HEADER = "x-servefleet-variant"
 REQUEST_ID_HEADER = "x-request-id"
 LOAD_POLL_S = 0.5  # how stale the engine load behind admission decisions may be
+ROLLOUT_REPORT_S = 1.0
 
 RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 
@@ -143,8 +146,11 @@ class Ingress:
         preprocess: Any,
         postprocess: Any,
         engines: Mapping[str, Any],
+        rollout: Any = None,
     ) -> None:
         self._config = config
+        self._rollout = rollout  # a RolloutDriver handle during a canary: it is told what clients saw
+        self._window = StatsWindow()
         install_json_logging(stream=open(logs_dir() / "requests.jsonl", "a", buffering=1), include_text=config.log_text)  # noqa: SIM115 - lives as long as the replica
         self._auth = Authenticator.from_config(config.auth)
         warning = exposure_warning(config.auth, config.server.host)
@@ -160,6 +166,11 @@ class Ingress:
             engines=engines,
             guard=self._guard,
             limits=config.limits,
+            shadow=None
+            if config.shadow is None
+            else Shadower(
+                config.shadow, preprocess=preprocess, engines=engines, metrics=ShadowMetrics(models_of(config))
+            ),
         )
         models = models_of(config)
         self._metrics = RequestMetrics(models)
@@ -176,6 +187,7 @@ class Ingress:
             self._poller = asyncio.get_running_loop().create_task(self._poll_load())
 
     async def _poll_load(self) -> None:
+        reported = time.monotonic()
         while True:
             loads: dict[str, EngineLoad] = {}
             for name, handle in self._engines.items():
@@ -191,6 +203,14 @@ class Ingress:
                         running_requests=int(extra.get("num_requests_running", stats.running_requests)),
                     )
             self._guard.update_load(loads)
+            if self._rollout is not None and time.monotonic() - reported >= ROLLOUT_REPORT_S:
+                snapshot = self._window.snapshot()
+                self._window.reset()
+                reported = time.monotonic()
+                try:
+                    await asyncio.wait_for(self._rollout.report.remote(snapshot), timeout=5)
+                except Exception as error:  # the step is judged on fewer requests, never on made-up ones
+                    logger.warning("rollout report failed: %r", error)
             await asyncio.sleep(LOAD_POLL_S)
 
     # ---- request accounting: metrics and the access log ----
@@ -208,7 +228,11 @@ class Ingress:
         error: ServeFleetError | None = None,
     ) -> None:
         timing = timer.finish(time.monotonic(), streamed=streamed, output_tokens=output_tokens)
+        variant = variant or ctx.progress.get("variant")
         error_type = None if error is None else (error.code or error.error_type)
+        if self._rollout is not None and variant is not None:
+            # Non-streaming answers have no first token: their whole latency stands in, as the client saw it.
+            self._window.record(variant, status=status, ttft_s=timing.ttft_s if streamed else timing.e2e_s)
         self._metrics.observe_finished(variant, status, timing, prompt_tokens=prompt_tokens, error_type=error_type)
         access_log.info(
             "request finished",
@@ -429,6 +453,12 @@ class Ingress:
         engines = await self._pipeline.ping_engines()
         ready = all(engines.values())
         return JSONResponse({"ready": ready, "variants": engines}, status_code=200 if ready else 503)
+
+
+def _shadower(config: ServeFleetConfig, preprocess: Any, engines: Mapping[str, Any]) -> Shadower | None:
+    if config.shadow is None:
+        return None
+    return Shadower(config.shadow, preprocess=preprocess, engines=engines, metrics=ShadowMetrics(models_of(config)))
 
 
 def _formatter(meta: ResponseMeta, request: AnyRequest) -> StreamFormatter:

@@ -7,19 +7,22 @@ and the same response types. It holds deployment handles and no model state.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deployments.postprocess import ResponseMeta, new_meta
 from deployments.routing import RouteQuery
+from deployments.shadow import AnswerSummary
 from deployments.types import EngineChunk, PreparedRequest, RequestKind
 from serve_app.auth import ANONYMOUS, Principal
 from serve_app.errors import EngineUnavailable
 from serve_app.guard import RequestGuard, Ticket
 from serve_app.limits import LimitsConfig, check_request, timeout_error
 from serve_app.protocol import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+from serve_app.shadowing import Shadower
 
 AnyRequest = ChatCompletionRequest | CompletionRequest
 
@@ -32,6 +35,9 @@ class CallContext:
     sticky_key: str | None = None
     override: str | None = None
     principal: Principal = ANONYMOUS
+    # Filled in as the call proceeds (the variant once routed), so that a failure later on can be
+    # attributed to the variant it happened in.
+    progress: dict[str, str] = field(default_factory=dict)
 
 
 def new_request_id() -> str:
@@ -56,6 +62,7 @@ class Pipeline:
         engines: Mapping[str, Any],
         guard: RequestGuard | None = None,
         limits: LimitsConfig | None = None,
+        shadow: Shadower | None = None,
     ) -> None:
         self._router = router
         self._preprocess = preprocess
@@ -64,6 +71,7 @@ class Pipeline:
         self._streams = {name: handle.options(stream=True) for name, handle in self._engines.items()}
         self._guard = guard
         self._limits = limits or LimitsConfig()
+        self._shadow = shadow
 
     @property
     def variants(self) -> list[str]:
@@ -75,6 +83,7 @@ class Pipeline:
             raise violation.error()
         query = RouteQuery(model=request.model, sticky_key=ctx.sticky_key or request.user, override=ctx.override)
         decision = await self._router.route.remote(query)
+        ctx.progress["variant"] = decision.variant
         kind = _kind(request)
         prepare = self._preprocess.prepare_chat if kind == "chat" else self._preprocess.prepare_completion
         prepared: PreparedRequest = await prepare.remote(ctx.request_id, decision.variant, request)
@@ -92,14 +101,34 @@ class Pipeline:
         ticket = self._admit(prepared, ctx)
         used = prepared.sampling.max_tokens  # charged in full unless the answer says otherwise
         try:
+            started = time.monotonic()
             # Passing the engine's response straight into postprocess chains the two hops inside Serve,
             # without a round trip of the generated text through this process.
             result = self._engines[prepared.variant].generate.remote(prepared)
             answer = await self._postprocess.finalize.remote(meta, result)
             used = answer.usage.completion_tokens
-            return answer
         finally:
             self._release(ticket, used)
+        choice = answer.choices[0]
+        text = choice.message.content if isinstance(answer, ChatCompletion) else choice.text
+        self._maybe_shadow(request, ctx, prepared, text or "", used, time.monotonic() - started, choice.finish_reason)
+        return answer
+
+    def _maybe_shadow(
+        self,
+        request: AnyRequest,
+        ctx: CallContext,
+        prepared: PreparedRequest,
+        text: str,
+        tokens: int,
+        latency_s: float,
+        finish: str | None,
+    ) -> None:
+        if self._shadow is None:
+            return
+        target = self._shadow.target(ctx.request_id, prepared.variant, request)
+        if target is not None:
+            self._shadow.submit(request, prepared, AnswerSummary(text, tokens, latency_s, finish), target)
 
     async def stream(self, request: AnyRequest, ctx: CallContext) -> tuple[ResponseMeta, AsyncIterator[EngineChunk]]:
         """Start a stream and wait for its first chunk, so that a request the engine refuses becomes an
@@ -117,7 +146,12 @@ class Pipeline:
             generator.cancel()
             self._release(ticket, 0)
             raise
-        return meta, _prepend(first, generator, idle_s, self._limits, lambda used: self._release(ticket, used))
+        started = time.monotonic()
+
+        def done(text: str, used: int, finish: str | None) -> None:
+            self._maybe_shadow(request, ctx, prepared, text, used, time.monotonic() - started, finish)
+
+        return meta, _prepend(first, generator, idle_s, self._limits, lambda used: self._release(ticket, used), done)
 
     async def ping_engines(self) -> dict[str, bool]:
         results = {}
@@ -138,10 +172,11 @@ async def _next_chunk(generator: Any, idle_s: float, limits: LimitsConfig) -> En
 
 
 async def _prepend(
-    first: EngineChunk, generator: Any, idle_s: float, limits: LimitsConfig, release: Any
+    first: EngineChunk, generator: Any, idle_s: float, limits: LimitsConfig, release: Any, done: Any
 ) -> AsyncIterator[EngineChunk]:
     finished = first.finish_reason is not None
     used = first.num_tokens
+    texts, finish = [first.text], first.finish_reason
     try:
         yield first
         while not finished:
@@ -150,9 +185,12 @@ async def _prepend(
             except StopAsyncIteration:
                 break
             used += chunk.num_tokens
-            finished = chunk.finish_reason is not None
+            texts.append(chunk.text)
+            finish = chunk.finish_reason
+            finished = finish is not None
             yield chunk
         finished = True
+        done("".join(texts), used, finish)
     finally:
         release(used)
         if not finished:

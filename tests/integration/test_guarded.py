@@ -45,18 +45,20 @@ def guarded(running_app, tmp_path_factory) -> Iterator[httpx.Client]:
             "variants": [{"name": "sim-a", "weight": 100, **sim}, {"name": "sim-b", "weight": 0, **sim}],
             "auth": {"enabled": True, "keys_file": str(keys)},
             "limits": {"max_body_bytes": 4096, "max_tokens": 64, "max_prompt_tokens": 200},
+            "shadow": {"variant": "sim-b", "fraction": 1.0},
         }
     )
     url = f"{running_app.url}{PREFIX}"
 
-    def deploy() -> None:
-        serve.run(build_app(config), name=config.app_name, route_prefix=PREFIX, blocking=False)
+    def deploy(new: object = config) -> None:
+        serve.run(build_app(new), name=config.app_name, route_prefix=PREFIX, blocking=False)
         wait_ready(url, timeout_s=300)
 
     try:
         deploy()
         with httpx.Client(base_url=url, timeout=60) as client:
             client.redeploy = deploy  # type: ignore[attr-defined]
+            client.config = config  # type: ignore[attr-defined]
             yield client
     finally:
         serve.delete(config.app_name)
@@ -175,3 +177,71 @@ def test_feedback_is_stored_and_survives_a_restart_of_the_app(guarded):
         assert entry is not None and entry.score == 4 and entry.variant == body["variant"]
     again = guarded.post("/v1/feedback", json={**body, "score": 5}, headers=bearer(ADMIN))
     assert again.status_code == 200 and again.json()["first_rating"] is False  # the new ingress saw the old row
+
+
+def test_shadow_copies_are_compared_in_metrics_while_the_client_gets_the_primary(guarded, running_app):
+    for n in range(3):
+        answer = chat(guarded, ADMIN, max_tokens=8, temperature=0, messages=[{"role": "user", "content": f"hi {n}"}])
+        assert answer.status_code == 200
+        assert answer.headers["x-servefleet-variant"] == "sim-a"
+        assert answer.json()["model"] == "sim-a"
+    metrics_url = f"http://127.0.0.1:{running_app.metrics_port}/metrics"
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [
+            line
+            for line in httpx.get(metrics_url, timeout=10).text.splitlines()
+            if line.startswith("ray_servefleet_shadow_comparisons_total{") and 'primary="sim-a"' in line
+        ]
+        if lines:
+            break
+        assert time.monotonic() < deadline, "no shadow comparison reached Ray's metrics agent"
+        time.sleep(1)
+    assert any('variant="sim-b"' in line and 'outcome="match"' in line for line in lines), lines
+
+
+def test_config_update_and_rollback_under_load_fail_no_request(guarded):
+    """Change the weights and an engine's costs (new router and engine replicas) while clients stream, then
+    roll back; count every failed request. Bounded: 4 clients, each stops at the deadline or 400 requests."""
+    import threading
+
+    from serve_app.config import parse_config
+
+    old = guarded.config
+    data = old.model_dump(mode="json")
+    data["variants"][0]["weight"], data["variants"][1]["weight"] = 50, 50
+    data["variants"][1]["sim"]["base_step_ms"] = 6.0
+    new = parse_config(data)
+    stop = threading.Event()
+    results: list[int] = []
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=str(guarded.base_url), timeout=60) as own:
+            for i in range(400):
+                if stop.is_set():
+                    return
+                body = {"model": "tiny", "messages": [{"role": "user", "content": f"u{n} {i}"}], "max_tokens": 16}
+                try:
+                    with own.stream(
+                        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=bearer(ADMIN)
+                    ) as r:
+                        text = r.read().decode()
+                        results.append(r.status_code if '"error"' not in text else 599)
+                except httpx.HTTPError:
+                    results.append(0)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2)
+        guarded.redeploy(new)
+        time.sleep(2)
+        guarded.redeploy(old)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert len(results) > 20
+    assert [code for code in results if code != 200] == [], f"{len(results)} requests"

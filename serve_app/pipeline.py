@@ -165,8 +165,10 @@ class Pipeline:
 
 
 async def _next_chunk(generator: Any, idle_s: float, limits: LimitsConfig) -> EngineChunk:
+    # asyncio.timeout, not wait_for: this runs for every chunk, and wait_for wraps the await in a new Task.
     try:
-        return await asyncio.wait_for(generator.__anext__(), timeout=idle_s)
+        async with asyncio.timeout(idle_s):
+            return await generator.__anext__()
     except TimeoutError:
         raise timeout_error("stream_idle", limits) from None
 

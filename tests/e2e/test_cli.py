@@ -58,7 +58,7 @@ def test_up_status_request_down(tmp_path: Path):
             }
         )
     )
-    port, ray_port, dash_port = free_port(), free_port(), free_port()
+    port, ray_port, dash_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     up = servefleet(
         "up",
         "--detach",
@@ -70,6 +70,8 @@ def test_up_status_request_down(tmp_path: Path):
         str(ray_port),
         "--dashboard-port",
         str(dash_port),
+        "--metrics-port",
+        str(metrics_port),
         env=env,
     )
     state_file = cache / "state" / "cluster.json"
@@ -93,6 +95,24 @@ def test_up_status_request_down(tmp_path: Path):
         )
         assert reply.model == "tiny-v1"
         assert reply.usage.completion_tokens == 5
+
+        # A changed config goes live with `deploy` (here the routing salt: new ingress/router/preprocess
+        # replicas, the engine untouched), and `rollback` returns to the one `up` deployed.
+        changed = tmp_path / "changed.yaml"
+        data = yaml.safe_load(config.read_text())
+        changed.write_text(yaml.safe_dump({**data, "server": {"port": port}, "routing": {"salt": "new"}}))
+        deploy = servefleet("deploy", str(changed), env=env, timeout=600)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert "deployed" in deploy.stdout
+        rollback = servefleet("rollback", env=env, timeout=600)
+        assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+        assert "rolled back" in rollback.stdout
+        again = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=3
+        )
+        assert again.usage.completion_tokens == 3
+        nothing_left = servefleet("rollback", env=env, timeout=120)
+        assert nothing_left.returncode == 1 and "nothing to roll back" in nothing_left.stderr
     finally:
         started = time.monotonic()
         down = servefleet("down", env=env, timeout=120)

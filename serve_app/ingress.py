@@ -32,7 +32,7 @@ from serve_app.jsonlog import install_json_logging
 from serve_app.limits import timeout_error
 from serve_app.metrics import FeedbackMetrics, RequestMetrics, RequestTimer, ShadowMetrics, models_of
 from serve_app.paths import logs_dir
-from serve_app.pipeline import AnyRequest, CallContext, Pipeline, new_request_id
+from serve_app.pipeline import AnyRequest, CallContext, Pipeline, new_request_id, replica_died
 from serve_app.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -79,7 +79,7 @@ def as_domain_error(error: BaseException) -> ServeFleetError:
         return error
     if isinstance(error, BackPressureError):
         return Overloaded("the server is at capacity; retry shortly")
-    if isinstance(error, RayActorError | DeploymentUnavailableError):
+    if isinstance(error, RayActorError | DeploymentUnavailableError) or replica_died(error):
         return EngineUnavailable("a replica serving this request failed; the request can be retried")
     logger.error("unexpected error: %r", error, exc_info=error)
     return InternalError("internal error")

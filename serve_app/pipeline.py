@@ -7,6 +7,7 @@ and the same response types. It holds deployment handles and no model state.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -24,6 +25,8 @@ from serve_app.limits import LimitsConfig, check_request, timeout_error
 from serve_app.protocol import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from serve_app.shadowing import Shadower
 
+logger = logging.getLogger(__name__)
+
 AnyRequest = ChatCompletionRequest | CompletionRequest
 
 
@@ -38,6 +41,21 @@ class CallContext:
     # Filled in as the call proceeds (the variant once routed), so that a failure later on can be
     # attributed to the variant it happened in.
     progress: dict[str, str] = field(default_factory=dict)
+
+
+def replica_died(error: BaseException) -> bool:
+    """Whether ``error`` (possibly wrapped by Ray on its way through other replicas) is a replica's death."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+    from ray.serve.exceptions import RayServeException
+
+    seen = 0
+    while isinstance(error, RayTaskError) and error.cause is not None and error.cause is not error and seen < 8:
+        error, seen = error.cause, seen + 1
+    if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
+        return True
+    # A replica whose input came from a dead replica (the engine's result chained into postprocess) fails
+    # with Serve's own exception; only its message says why.
+    return isinstance(error, RayServeException) and "upstream actor died" in str(error)
 
 
 def new_request_id() -> str:
@@ -104,8 +122,17 @@ class Pipeline:
             started = time.monotonic()
             # Passing the engine's response straight into postprocess chains the two hops inside Serve,
             # without a round trip of the generated text through this process.
-            result = self._engines[prepared.variant].generate.remote(prepared)
-            answer = await self._postprocess.finalize.remote(meta, result)
+            try:
+                result = self._engines[prepared.variant].generate.remote(prepared)
+                answer = await self._postprocess.finalize.remote(meta, result)
+            except Exception as error:
+                if not replica_died(error):
+                    raise
+                # The client has seen nothing of a non-streaming answer, so it is retried once, and Serve's
+                # router sends the retry to a live replica. A second death is the client's to retry.
+                logger.warning("engine replica died under %s; retrying once", ctx.request_id)
+                result = self._engines[prepared.variant].generate.remote(prepared)
+                answer = await self._postprocess.finalize.remote(meta, result)
             used = answer.usage.completion_tokens
         finally:
             self._release(ticket, used)

@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 
 from typing_extensions import Unpack
 
-from serve_app.ingress import unwrap
+from serve_app.pipeline import unwrap
 from serve_app.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionRequest
 
 Request = Mapping[str, Any] | ChatCompletionRequest | CompletionRequest

@@ -32,7 +32,7 @@ from serve_app.jsonlog import install_json_logging
 from serve_app.limits import timeout_error
 from serve_app.metrics import FeedbackMetrics, RequestMetrics, RequestTimer, ShadowMetrics, models_of
 from serve_app.paths import logs_dir
-from serve_app.pipeline import AnyRequest, CallContext, Pipeline, new_request_id, replica_died
+from serve_app.pipeline import AnyRequest, CallContext, Pipeline, new_request_id, replica_died, unwrap
 from serve_app.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -58,15 +58,6 @@ RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 app = FastAPI(title="servefleet", summary="OpenAI-compatible LLM serving on Ray Serve and vLLM")
 # Authentication and the body-size limit run before FastAPI parses a byte (a 401 must not depend on the body).
 app.add_middleware(EdgeGuard)
-
-
-def unwrap(error: BaseException) -> BaseException:
-    """Ray wraps a remote exception in RayTaskError; the domain error is its cause."""
-    from ray.exceptions import RayTaskError
-
-    while isinstance(error, RayTaskError) and error.cause is not None and error.cause is not error:
-        error = error.cause
-    return error
 
 
 def as_domain_error(error: BaseException) -> ServeFleetError:

@@ -43,14 +43,21 @@ class CallContext:
     progress: dict[str, str] = field(default_factory=dict)
 
 
+def unwrap(error: BaseException) -> BaseException:
+    """Ray wraps a remote exception in RayTaskError; the domain error is its cause."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(error, RayTaskError) and error.cause is not None and error.cause is not error:
+        error = error.cause
+    return error
+
+
 def replica_died(error: BaseException) -> bool:
     """Whether ``error`` (possibly wrapped by Ray on its way through other replicas) is a replica's death."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
     from ray.serve.exceptions import RayServeException
 
-    seen = 0
-    while isinstance(error, RayTaskError) and error.cause is not None and error.cause is not error and seen < 8:
-        error, seen = error.cause, seen + 1
+    error = unwrap(error)
     if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
         return True
     # A replica whose input came from a dead replica (the engine's result chained into postprocess) fails

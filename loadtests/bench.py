@@ -248,9 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if not 0 < args.duration <= 120 or max(args.levels) > 128 or min(args.levels) < 1:
-        parser.error("bounded runs only: --duration in (0, 120], concurrency in [1, 128]")
+    if (problem := bounds_problem(args)) is not None:
+        parser.error(problem)
     return run(args)
+
+
+def bounds_problem(args: argparse.Namespace) -> str | None:
+    """Why a run is refused, or None: every run is bounded in time and streams."""
+    if not 0 < args.duration <= 120 or max(args.levels) > 128 or min(args.levels) < 1:
+        return "bounded runs only: --duration in (0, 120], concurrency in [1, 128]"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

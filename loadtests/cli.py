@@ -140,8 +140,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from loadtests import bench
 
-    if not 0 < args.duration <= 120 or max(args.levels) > 128 or min(args.levels) < 1:
-        print("servefleet bench: bounded runs only: --duration in (0, 120], concurrency in [1, 128]", file=sys.stderr)
+    if (problem := bench.bounds_problem(args)) is not None:
+        print(f"servefleet bench: {problem}", file=sys.stderr)
         return 2
     return bench.run(args)
 

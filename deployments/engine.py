@@ -21,6 +21,7 @@ from deployments.coalesce import coalesce_window_s
 from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest, SamplingSpec
 from serve_app.config import StreamConfig, VariantConfig
 from serve_app.errors import EngineUnavailable, InvalidRequest
+from serve_app.metrics import EngineLoadMetrics, replica_label
 from serve_app.model_source import resolve_model
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class EngineReplica:
             from deployments.cpu_affinity import pin_children
 
             pin_children(variant.engine.cpu_affinity)
+        EngineLoadMetrics({variant.name: variant.model}).track(variant.name, replica_label(), self._signals)
         logger.info("engine for %s ready in %.1fs", self.variant, time.monotonic() - started)
 
     async def _outputs(self, request: PreparedRequest) -> AsyncIterator[tuple[str, int, str | None]]:
@@ -174,13 +176,19 @@ class EngineReplica:
             finish = reason
         return EngineResult("".join(texts), tokens, finish)
 
+    def _signals(self) -> dict[str, float]:
+        # The scheduler's last report goes stale when the engine falls idle; idle means nothing waits or runs,
+        # and no request holds KV blocks.
+        if not self._engine.get_num_unfinished_requests():
+            return {"num_requests_waiting": 0.0, "num_requests_running": 0.0, "kv_cache_usage_perc": 0.0}
+        return {"kv_cache_usage_perc": 0.0, **self._load}
+
     async def stats(self) -> EngineStats:
-        unfinished = self._engine.get_num_unfinished_requests()
-        # The scheduler's last report goes stale when the engine falls idle; idle means nothing waits.
-        load = dict(self._load) if unfinished else {"num_requests_waiting": 0.0, "num_requests_running": 0.0}
-        load.setdefault("kv_cache_usage_perc", 0.0)
         return EngineStats(
-            variant=self.variant, running_requests=unfinished, healthy=not self._engine.errored, extra=load
+            variant=self.variant,
+            running_requests=self._engine.get_num_unfinished_requests(),
+            healthy=not self._engine.errored,
+            extra=self._signals(),
         )
 
     async def ping(self) -> str:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -30,6 +31,7 @@ from deployments.sim_model import SimEngineConfig, SimScheduler, StepResult
 from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest
 from serve_app.config import StreamConfig, VariantConfig
 from serve_app.errors import EngineUnavailable, InvalidRequest
+from serve_app.metrics import EngineLoadMetrics, replica_label
 
 __all__ = ["WORDS", "SimEngineReplica", "StopScanner", "prompt_key", "token_text"]
 
@@ -137,7 +139,9 @@ class SimEngineReplica:
         self._wake: asyncio.Event | None = None
         self._stepper: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._faults = random.Random(self.config.seed)
         self.steps = 0  # steps run so far: how many batches the requests were served in
+        EngineLoadMetrics({variant.name: variant.model}).track(variant.name, replica_label(), self._signals)
         logger.info("SIMULATED engine for %s: %s", self.variant, self.config.model_dump())
 
     # ------------------------------------------------------------------------------------------ stepping
@@ -188,6 +192,8 @@ class SimEngineReplica:
         batch slot and KV are free for the next step.
         """
         wake = self._start()
+        if self.config.error_rate and self._faults.random() < self.config.error_rate:
+            raise EngineUnavailable(f"simulated engine for {self.variant}: injected fault (sim.error_rate)")
         sampling = request.sampling
         engine_request_id = f"{request.request_id}-{next(self._ids)}"
         queue: asyncio.Queue[tuple[int, str | None] | _EngineFailed] = asyncio.Queue()
@@ -276,18 +282,22 @@ class SimEngineReplica:
 
     # ------------------------------------------------------------------------------------------ health
 
-    async def stats(self) -> EngineStats:
+    def _signals(self) -> dict[str, float]:
         signals = self._scheduler.signals()
+        return {
+            "num_requests_running": float(signals.num_running),
+            "num_requests_waiting": float(signals.num_waiting),
+            "kv_cache_usage_perc": signals.kv_usage,
+            "simulated": 1.0,
+        }
+
+    async def stats(self) -> EngineStats:
+        extra = self._signals()
         return EngineStats(
             variant=self.variant,
-            running_requests=signals.num_running + signals.num_waiting,
+            running_requests=int(extra["num_requests_running"] + extra["num_requests_waiting"]),
             healthy=self._failure is None,
-            extra={
-                "num_requests_running": float(signals.num_running),
-                "num_requests_waiting": float(signals.num_waiting),
-                "kv_cache_usage_perc": signals.kv_usage,
-                "simulated": 1.0,
-            },
+            extra=extra,
         )
 
     async def ping(self) -> str:

@@ -76,7 +76,16 @@ class SimEngineConfig(BaseModel):
             "than max_tokens. 0 makes every request run to max_tokens."
         ),
     )
-    seed: int = Field(default=0, description="Seed for output token choice (and end-of-sequence draws).")
+    error_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Fault injection: chance that a request fails as an engine fault would (HTTP 503), drawn per request "
+            "from the seed. For rehearsing a canary that breaks; 0 (never) otherwise."
+        ),
+    )
+    seed: int = Field(default=0, description="Seed for output token choice, end-of-sequence and fault draws.")
 
     def step_ms(self, batch_size: int, prefill_tokens: int = 0) -> float:
         """The simulated duration of one step over ``batch_size`` sequences that prefills ``prefill_tokens``."""

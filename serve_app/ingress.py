@@ -393,6 +393,8 @@ class Ingress:
         except ServeFleetError as error:
             if body.stream:  # _complete has accounted for its own failures
                 self._finished(ctx, None, timer, status=error.status_code, streamed=True, error=error)
+            if "variant" in ctx.progress:  # a failure after routing names the variant it happened in
+                headers[VARIANT_HEADER] = ctx.progress["variant"]
             return error_response(error, headers)
         headers[VARIANT_HEADER] = meta.variant
         return StreamingResponse(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -129,6 +129,13 @@ E2E = _histogram(
 PROMPT_TOKENS = _counter("servefleet_prompt_tokens", "Prompt tokens of finished requests.")
 GENERATION_TOKENS = _counter("servefleet_generation_tokens", "Output tokens of finished requests.")
 ONGOING = _gauge("servefleet_ongoing_requests", "Requests in flight at one ingress replica, per variant.")
+# Set from inside each engine replica, read from the engine every second (``RaySink.track``), so the series
+# are continuous; vLLM's own gauges of the same things vanish between Ray's report intervals when idle.
+ENGINE_WAITING = _gauge(
+    "servefleet_engine_requests_waiting", "Requests queued in one engine replica, not yet scheduled.", "replica"
+)
+ENGINE_RUNNING = _gauge("servefleet_engine_requests_running", "Requests in one engine replica's batch.", "replica")
+ENGINE_KV_CACHE = _gauge("servefleet_engine_kv_cache_usage", "KV-cache use of one engine replica, 1 = full.", "replica")
 ROUTING = _counter(
     "servefleet_routing_decisions", "Router decisions, by variant and the rule that picked it.", "reason"
 )
@@ -170,6 +177,9 @@ APP_METRICS: tuple[MetricSpec, ...] = (
     PROMPT_TOKENS,
     GENERATION_TOKENS,
     ONGOING,
+    ENGINE_WAITING,
+    ENGINE_RUNNING,
+    ENGINE_KV_CACHE,
     ROUTING,
     VARIANT_WEIGHT,
     SHADOW_COMPARISONS,
@@ -236,6 +246,10 @@ class MetricSink(Protocol):
 
     def set(self, spec: MetricSpec, value: float, tags: Mapping[str, str]) -> None: ...
 
+    def track(self, spec: MetricSpec, read: Callable[[], float], tags: Mapping[str, str]) -> None:
+        """Keep gauge ``spec`` at ``read()``, read again at every export (like prometheus_client's
+        ``set_function``)."""
+
 
 GAUGE_REFRESH_S = 1.0
 
@@ -253,6 +267,7 @@ class RaySink:
         self._strict = strict
         self._warned: set[str] = set()
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[MetricSpec, float]] = {}
+        self._tracked: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[MetricSpec, Callable[[], float]]] = {}
         self._gauge_refresh_s = gauge_refresh_s
         self._refresher: threading.Thread | None = None
 
@@ -287,9 +302,18 @@ class RaySink:
         self._record(spec, "set", value, tags)
         with self._lock:
             self._gauges[(spec.name, tuple(sorted(tags.items())))] = (spec, float(value))
-            if self._refresher is None:
-                self._refresher = threading.Thread(target=self._refresh_gauges, name="gauge-refresh", daemon=True)
-                self._refresher.start()
+            self._start_refresher()
+
+    def track(self, spec: MetricSpec, read: Callable[[], float], tags: Mapping[str, str]) -> None:
+        self._record(spec, "set", read(), tags)
+        with self._lock:
+            self._tracked[(spec.name, tuple(sorted(tags.items())))] = (spec, read)
+            self._start_refresher()
+
+    def _start_refresher(self) -> None:
+        if self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_gauges, name="gauge-refresh", daemon=True)
+            self._refresher.start()
 
     def _refresh_gauges(self) -> None:
         # Ray 2.60 exports a gauge value only in the report interval it was set in, then drops the series
@@ -299,7 +323,15 @@ class RaySink:
             time.sleep(self._gauge_refresh_s)
             with self._lock:
                 current = list(self._gauges.items())
+                tracked = list(self._tracked.items())
             for (_, tags), (spec, value) in current:
+                self._record(spec, "set", value, dict(tags))
+            for (_, tags), (spec, read) in tracked:
+                try:
+                    value = read()
+                except Exception:  # a reader that fails skips this export; metrics never fail the replica
+                    logger.debug("cannot read gauge %s", spec.name, exc_info=True)
+                    continue
                 self._record(spec, "set", value, dict(tags))
 
 
@@ -437,6 +469,29 @@ class RequestMetrics(_Recorder):
 
 
 ROUTING_REASONS = frozenset({"override", "model", "sticky", "weighted", "canary"})
+
+
+def replica_label() -> str:
+    """This Serve replica's id, for per-replica series; ``local`` outside Serve (tests, scripts)."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # not inside a replica: Serve raises RayServeException
+        return "local"
+
+
+class EngineLoadMetrics(_Recorder):
+    def track(self, variant: str, replica: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """Export one engine replica's load as it is at each export. ``read`` returns the engine's signals
+        (``EngineStats.extra``: num_requests_waiting, num_requests_running, kv_cache_usage_perc)."""
+        tags = self._tags(variant, replica=replica)
+        for spec, key in (
+            (ENGINE_WAITING, "num_requests_waiting"),
+            (ENGINE_RUNNING, "num_requests_running"),
+            (ENGINE_KV_CACHE, "kv_cache_usage_perc"),
+        ):
+            self._sink.track(spec, lambda key=key: float(read().get(key, 0.0)), tags)
 
 
 class RoutingMetrics(_Recorder):

@@ -1,11 +1,14 @@
-"""A canary rollout on a real deployment: the candidate is made slow (the SIMULATED engine with a much larger
-step time), the driver sees its p95 TTFT breach the guard and rolls it back on its own; clients never fail.
-Bounded: at most 90 s of load from 4 clients."""
+"""Canary rollouts on a real deployment, with candidates made to break in the two ways the guards watch (the
+SIMULATED engine: a much larger step time, or injected engine faults). Each time the driver sees the guard
+breached and rolls the candidate back on its own, and clients saw failures only from the candidate, i.e. within
+the canary's share. Bounded: at most 90 s of load from 4 clients per scenario."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from ray import serve
@@ -13,25 +16,40 @@ from ray import serve
 from serve_app.config import parse_config
 
 PREFIX = "/canary"
+SIM = {"model": "builtin:tiny-v1", "backend": "sim", "num_cpus": 0, "engine": {"max_model_len": 1024}}
 
 
-def test_a_slow_candidate_is_rolled_back_automatically(running_app):
+@dataclass(frozen=True)
+class Served:
+    status: int
+    variant: str
+    retry_after: str | None
+
+
+@dataclass(frozen=True)
+class RolloutRun:
+    status: dict[str, Any]  # the driver's status once the ramp ended
+    weights: dict[str, float]
+    served: list[Served]  # every request, in completion order
+    after_rollback: list[Served]  # requests that completed once routers had followed the rollback
+
+
+def run_rollout(running_app: Any, candidate_sim: dict[str, Any], steps: list[float]) -> RolloutRun:
     from serve_app.builder import build_app
     from serve_app.control import wait_ready
 
-    sim = {"model": "builtin:tiny-v1", "backend": "sim", "num_cpus": 0, "engine": {"max_model_len": 1024}}
     config = parse_config(
         {
             "app_name": "canary",
             "server": {"port": running_app.config.server.port},
             "variants": [
-                {"name": "stable", "weight": 100, **sim},
-                {"name": "slow", "weight": 0, **sim, "sim": {"base_step_ms": 60.0}},
+                {"name": "stable", "weight": 100, **SIM},
+                {"name": "candidate", "weight": 0, **SIM, "sim": candidate_sim},
             ],
             "rollout": {
                 "baseline": "stable",
-                "candidate": "slow",
-                "steps": [30, 60, 100],
+                "candidate": "candidate",
+                "steps": steps,
                 "step_seconds": 4,
                 "guards": {"min_requests": 5, "max_p95_ttft_ratio": 1.5, "max_error_rate": 0.05},
             },
@@ -40,8 +58,7 @@ def test_a_slow_candidate_is_rolled_back_automatically(running_app):
     url = f"{running_app.url}{PREFIX}"
     serve.run(build_app(config), name=config.app_name, route_prefix=PREFIX, blocking=False)
     stop = threading.Event()
-    served: list[tuple[int, str]] = []
-    threads: list[threading.Thread] = []
+    served: list[Served] = []
 
     def client(n: int) -> None:
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -52,16 +69,17 @@ def test_a_slow_candidate_is_rolled_back_automatically(running_app):
                     "model": "tiny",
                     "messages": [{"role": "user", "content": f"c{n} {i}"}],
                     "max_tokens": 8,
-                    "stream": True,
+                    "stream": n % 2 == 0,  # half the clients stream, half do not
                 }
                 with http.stream("POST", "/v1/chat/completions", json=body) as response:
                     response.read()
-                    served.append((response.status_code, response.headers.get("x-servefleet-variant", "")))
+                    variant = response.headers.get("x-servefleet-variant", "")
+                    served.append(Served(response.status_code, variant, response.headers.get("retry-after")))
 
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     try:
         wait_ready(url, timeout_s=300)
         driver = serve.get_deployment_handle("rollout", app_name=config.app_name)
-        threads += [threading.Thread(target=client, args=(n,)) for n in range(4)]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 90
@@ -69,9 +87,7 @@ def test_a_slow_candidate_is_rolled_back_automatically(running_app):
         while status["phase"] == "ramping" and time.monotonic() < deadline:
             time.sleep(1)
             status = driver.status.remote().result(timeout_s=10)
-        assert status["phase"] == "rolled_back", status
-        assert "p95 TTFT" in status["last_decision"]
-        assert driver.weights.remote().result(timeout_s=10) == {"stable": 100.0, "slow": 0.0}
+        weights = driver.weights.remote().result(timeout_s=10)
         time.sleep(3)  # routers follow within a second or two
         before = len(served)
         time.sleep(3)
@@ -81,6 +97,33 @@ def test_a_slow_candidate_is_rolled_back_automatically(running_app):
         for thread in threads:
             thread.join(timeout=60)
         serve.delete(config.app_name)
-    assert [code for code, _ in served if code != 200] == []
-    assert any(variant == "slow" for _, variant in served), "the candidate never got traffic"
-    assert after_rollback and all(variant == "stable" for _, variant in after_rollback)
+    return RolloutRun(status, weights, served, after_rollback)
+
+
+def test_a_slow_candidate_is_rolled_back_automatically(running_app):
+    run = run_rollout(running_app, {"base_step_ms": 60.0}, steps=[30, 60, 100])
+    assert run.status["phase"] == "rolled_back", run.status
+    assert "p95 TTFT" in run.status["last_decision"]
+    assert run.weights == {"stable": 100.0, "candidate": 0.0}
+    assert [s.status for s in run.served if s.status != 200] == []
+    assert any(s.variant == "candidate" for s in run.served), "the candidate never got traffic"
+    assert run.after_rollback and all(s.variant == "stable" for s in run.after_rollback)
+
+
+def test_a_failing_candidate_is_rolled_back_and_clients_saw_errors_only_within_its_share(running_app):
+    run = run_rollout(running_app, {"error_rate": 1.0}, steps=[10, 50, 100])
+    assert run.status["phase"] == "rolled_back", run.status
+    assert "error" in run.status["last_decision"]
+    assert run.weights == {"stable": 100.0, "candidate": 0.0}
+    failed = [s for s in run.served if s.status != 200]
+    print(
+        f"\n[canary] failing candidate: {len(failed)} of {len(run.served)} requests failed, "
+        f"decision: {run.status['last_decision']}"
+    )
+    assert failed, "the candidate never got traffic"
+    # Every failure came from the candidate, as a retryable 503: none leaked into the baseline's share.
+    assert {(s.status, s.variant, s.retry_after) for s in failed} == {(503, "candidate", "1")}
+    assert all(s.status == 200 for s in run.served if s.variant == "stable")
+    # It was rolled back at its first step: failures stay within that 10 % share (plus sampling slack).
+    assert len(failed) <= max(4, 0.2 * len(run.served))
+    assert run.after_rollback and all(s == Served(200, "stable", None) for s in run.after_rollback)

@@ -107,5 +107,12 @@ def test_request_engine_and_routing_metrics_reach_prometheus(running_app, http, 
     # checked: vLLM sets its gauges (waiting requests, KV-cache use) only while it has work, and Ray 2.60
     # exports a gauge only in the report interval it was set in, so whether a scrape catches one is timing.
     wait_for(prometheus, "ray_vllm_time_to_first_token_seconds_count")
+    # The engines' load as the app exports it: read from each engine replica at every export, so the series
+    # are continuous even while idle (then 0), unlike vLLM's gauges above.
+    for name in ("requests_waiting", "requests_running", "kv_cache_usage"):
+        load = wait_for(prometheus, f"max by (variant) (ray_servefleet_engine_{name})")
+        assert {series["metric"]["variant"] for series in load} >= {"tiny-v1", "tiny-v2"}
+    # Nothing is in flight now: the series read 0 (a comparison returns no result while it is false).
+    wait_for(prometheus, "max(ray_servefleet_engine_requests_running) == 0", timeout_s=30)
     generated = wait_for(prometheus, "sum(ray_vllm_generation_tokens_total)")
     assert float(generated[0]["value"][1]) > 0

@@ -116,3 +116,16 @@ def test_default_config_pins_engines_and_widens_the_window_with_load():
     assert all(v.engine.cpu_affinity == [0] for v in config.variants)
     assert config.stream.coalesce_per_stream_ms > 0
     assert config.stream.coalesce_ms >= config.stream.coalesce_per_stream_ms
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "cluster" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path):
+    config = load_config(path)
+    assert config.variants
+
+
+def test_the_canary_demo_has_a_failing_simulated_candidate():
+    config = load_config(Path(__file__).parents[2] / "cluster" / "configs" / "canary-demo.yaml")
+    assert config.rollout is not None
+    candidate = next(v for v in config.variants if v.name == config.rollout.candidate)
+    assert candidate.backend == "sim" and candidate.sim.error_rate > config.rollout.guards.max_error_rate

@@ -19,6 +19,7 @@ from serve_app.metrics import (
     METRIC_BY_EXPORTED_NAME,
     VLLM_ENGINE_METRICS,
     DriftMetrics,
+    EngineLoadMetrics,
     FeedbackMetrics,
     MetricKind,
     MetricSpec,
@@ -57,6 +58,9 @@ class RecordingSink:
 
     def set(self, spec, value, tags):
         self.calls.append(("set", spec.name, value, dict(tags)))
+
+    def track(self, spec, read, tags):
+        self.calls.append(("track", spec.name, read(), dict(tags)))
 
     def of(self, spec: MetricSpec):
         return [(method, value, tags) for method, name, value, tags in self.calls if name == spec.name]
@@ -182,6 +186,7 @@ def test_ray_sink_records_every_recorder_call_with_complete_tags():
         shadow.observe_shadow_error("v1", "v2")
         DriftMetrics(MODELS, sink).set_scores("v1", DriftScores(0.3, 0.01, 100, 100))
         FeedbackMetrics(MODELS, sink).observe_feedback("v2", 4.5)
+        EngineLoadMetrics(MODELS, sink).track("v1", "r1", lambda: {"num_requests_waiting": 2.0})
     assert sink._metric(metrics.REQUESTS) is sink._metric(metrics.REQUESTS)
     made = {name: metric.info for name, metric in sink._metrics.items()}
     for spec in APP_METRICS:
@@ -317,6 +322,35 @@ def test_timer_without_a_stream_or_with_one_token():
     one.on_chunk(0.2, num_tokens=1, has_text=True)
     assert one.finish(0.3) == RequestTiming(e2e_s=0.3, ttft_s=0.2, itl_s=None, output_tokens=1)
     assert RequestTimer(0.0).finish(2.0, output_tokens=0) == RequestTiming(e2e_s=2.0)
+
+
+def test_tracked_engine_gauges_follow_the_engine_at_every_export(monkeypatch):
+    import time as _time
+
+    from serve_app import metrics as module
+
+    calls: list[tuple[str, float, dict]] = []
+
+    class FakeGauge:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def set(self, value, tags):
+            calls.append((self.name, value, tags))
+
+    monkeypatch.setattr(module, "_make_ray_metric", lambda spec: FakeGauge(spec.name))
+    sink = module.RaySink(strict=True, gauge_refresh_s=0.01)
+    load = {"num_requests_waiting": 3.0, "num_requests_running": 5.0, "kv_cache_usage_perc": 0.5}
+    EngineLoadMetrics(MODELS, sink).track("v1", "r1", lambda: dict(load))
+    tags = {"variant": "v1", "model": MODELS["v1"], "replica": "r1"}
+    assert (module.ENGINE_WAITING.name, 3.0, tags) in calls  # exported at once, not only at the next refresh
+    load.update(num_requests_waiting=0.0, kv_cache_usage_perc=0.0)
+    deadline = _time.monotonic() + 5
+    while (module.ENGINE_WAITING.name, 0.0, tags) not in calls and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert (module.ENGINE_WAITING.name, 0.0, tags) in calls
+    assert (module.ENGINE_KV_CACHE.name, 0.0, tags) in calls
+    assert (module.ENGINE_RUNNING.name, 5.0, tags) in calls
 
 
 def test_ray_sink_sets_gauges_again_so_ray_keeps_exporting_them(monkeypatch):

@@ -280,6 +280,27 @@ def test_a_context_longer_than_the_kv_cache_is_refused_at_start() -> None:
     assert make_replica(SimEngineConfig(kv_capacity_tokens=100), max_model_len=None).max_model_len == 100
 
 
+def test_injected_faults_fail_the_configured_share_of_requests_and_leave_the_engine_healthy() -> None:
+    async def outcomes(error_rate: float, count: int = 200) -> list[bool]:
+        replica = make_replica(SimEngineConfig(base_step_ms=0, per_seq_step_ms=0, error_rate=error_rate, seed=7))
+        failed: list[bool] = []
+        for i in range(count):
+            try:
+                await replica.generate(make_request(max_tokens=1, rid=f"r{i}"))
+                failed.append(False)
+            except EngineUnavailable as error:
+                assert "injected fault" in str(error)
+                failed.append(True)
+        await replica.check_health()  # an injected fault is one request's, not the engine's
+        return failed
+
+    assert not any(run(lambda: outcomes(0.0)))
+    assert all(run(lambda: outcomes(1.0, count=5)))
+    share = run(lambda: outcomes(0.3))
+    assert 0.2 < sum(share) / len(share) < 0.4
+    assert share == run(lambda: outcomes(0.3)), "the draws follow the seed"
+
+
 def test_ping_and_health() -> None:
     replica = make_replica()
     assert run(replica.ping) == "sim-a"

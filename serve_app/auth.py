@@ -39,6 +39,7 @@ __all__ = [
     "KeyEntry",
     "Principal",
     "Unauthenticated",
+    "admin_refusal",
     "exposure_warning",
     "hash_token",
     "is_loopback",
@@ -336,6 +337,18 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def admin_refusal(auth: Authenticator, principal: Principal, client_host: str | None) -> Forbidden | None:
+    """Why this caller may not use an admin route, or None: admin routes answer only to clients on this
+    machine, and with auth on only to admin keys."""
+    if not is_loopback(client_host):
+        return Forbidden("admin routes answer only to clients on this machine", code="admin_loopback_only")
+    try:
+        auth.authorize_admin(principal)
+    except Forbidden as refused:
+        return refused
+    return None
 
 
 def exposure_warning(config: AuthConfig, bind_host: str) -> str | None:

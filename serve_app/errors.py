@@ -63,6 +63,14 @@ class ModelNotFound(ServeFleetError):
     default_code = "model_not_found"
 
 
+class Conflict(ServeFleetError):
+    """The request is well formed but the app's state does not allow it (e.g. promoting with no rollout)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class EngineUnavailable(ServeFleetError):
     """The engine pool could not take or finish the request; the client may retry."""
 

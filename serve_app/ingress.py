@@ -22,10 +22,10 @@ from deployments.canary import StatsWindow
 from deployments.postprocess import SSE_DONE, ResponseMeta, StreamFormatter, sse_event
 from deployments.types import EngineChunk
 from serve_app.admission import EngineLoad
-from serve_app.auth import ANONYMOUS, Authenticator, Principal, exposure_warning
+from serve_app.auth import ANONYMOUS, Authenticator, Principal, admin_refusal, exposure_warning
 from serve_app.config import ServeFleetConfig
 from serve_app.edge import EdgeGuard, EdgeSettings
-from serve_app.errors import EngineUnavailable, InternalError, InvalidRequest, Overloaded, ServeFleetError
+from serve_app.errors import Conflict, EngineUnavailable, InternalError, InvalidRequest, Overloaded, ServeFleetError
 from serve_app.feedback import FeedbackRequest, FeedbackStore
 from serve_app.guard import RequestGuard
 from serve_app.jsonlog import install_json_logging
@@ -436,6 +436,57 @@ class Ingress:
         if first:
             self._feedback_metrics.observe_feedback(body.variant, body.score)
         return JSONResponse({"request_id": body.request_id, "recorded": True, "first_rating": first})
+
+    # ---- admin routes: only for clients on this machine, and with auth on only for admin keys ----
+
+    def _admin_refusal(self, request: Request) -> JSONResponse | None:
+        refused = admin_refusal(self._auth, _principal(request), request.client.host if request.client else None)
+        return None if refused is None else error_response(refused, {})
+
+    @app.get("/admin/status")
+    async def http_admin_status(self, request: Request) -> JSONResponse:
+        """The app as an operator sees it: variants with weights and engine health, the rollout, feedback."""
+        if (refusal := self._admin_refusal(request)) is not None:
+            return refusal
+        healthy = await self._pipeline.ping_engines()
+        weights = self._config.weights
+        rollout: dict[str, Any] | None = None
+        if self._rollout is not None:
+            rollout = await asyncio.wait_for(self._rollout.status.remote(), timeout=10)
+            weights = await asyncio.wait_for(self._rollout.weights.remote(), timeout=10)
+        if self._feedback is None:
+            self._feedback = FeedbackStore()
+        feedback = await asyncio.to_thread(self._feedback.summary)
+        variants = [
+            {
+                "name": v.name,
+                "model": v.model,
+                "backend": v.backend,
+                "weight": weights.get(v.name),
+                "healthy": healthy.get(v.name, False),
+                "feedback": {"count": feedback[v.name].count, "mean": round(feedback[v.name].mean, 3)}
+                if v.name in feedback
+                else None,
+            }
+            for v in self._config.variants
+        ]
+        shadow = None if self._config.shadow is None else self._config.shadow.model_dump()
+        body = {"app": self._config.app_name, "variants": variants, "rollout": rollout, "shadow": shadow}
+        return JSONResponse(body)
+
+    @app.post("/admin/rollout/{action}")
+    async def http_admin_rollout(self, action: str, request: Request) -> JSONResponse:
+        """``promote`` or ``abort`` the canary rollout, as ``servefleet rollout`` does through a handle."""
+        if (refusal := self._admin_refusal(request)) is not None:
+            return refusal
+        if action not in ("promote", "abort"):
+            error = InvalidRequest(f"unknown rollout action {action!r}; use promote or abort", param="action")
+            return error_response(error, {})
+        if self._rollout is None:
+            conflict = Conflict(f"this app has no rollout section: nothing to {action}", code="no_rollout")
+            return error_response(conflict, {})
+        result = await asyncio.wait_for(getattr(self._rollout, action).remote(), timeout=10)
+        return JSONResponse(result, status_code=200 if result.get("ok", True) else 409)
 
     @app.get("/healthz")
     async def http_healthz(self) -> dict[str, str]:

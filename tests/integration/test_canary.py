@@ -32,6 +32,7 @@ class RolloutRun:
     weights: dict[str, float]
     served: list[Served]  # every request, in completion order
     after_rollback: list[Served]  # requests that completed once routers had followed the rollback
+    admin_status: dict[str, Any]  # GET /admin/status at the end, as an operator would look
 
 
 def run_rollout(running_app: Any, candidate_sim: dict[str, Any], steps: list[float]) -> RolloutRun:
@@ -92,12 +93,13 @@ def run_rollout(running_app: Any, candidate_sim: dict[str, Any], steps: list[flo
         before = len(served)
         time.sleep(3)
         after_rollback = served[before:]
+        admin_status = httpx.get(f"{url}/admin/status", timeout=30).json()
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
         serve.delete(config.app_name)
-    return RolloutRun(status, weights, served, after_rollback)
+    return RolloutRun(status, weights, served, after_rollback, admin_status)
 
 
 def test_a_slow_candidate_is_rolled_back_automatically(running_app):
@@ -108,6 +110,8 @@ def test_a_slow_candidate_is_rolled_back_automatically(running_app):
     assert [s.status for s in run.served if s.status != 200] == []
     assert any(s.variant == "candidate" for s in run.served), "the candidate never got traffic"
     assert run.after_rollback and all(s.variant == "stable" for s in run.after_rollback)
+    assert run.admin_status["rollout"]["phase"] == "rolled_back"
+    assert {v["name"]: v["weight"] for v in run.admin_status["variants"]} == {"stable": 100.0, "candidate": 0.0}
 
 
 def test_a_failing_candidate_is_rolled_back_and_clients_saw_errors_only_within_its_share(running_app):

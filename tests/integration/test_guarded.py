@@ -102,6 +102,25 @@ def test_a_key_gets_403_for_a_variant_it_was_not_granted(guarded):
     assert response.json()["error"]["code"] == "model_not_allowed"
 
 
+def test_admin_routes_need_an_admin_key(guarded):
+    assert guarded.get("/admin/status").status_code == 401
+    refused = guarded.get("/admin/status", headers=bearer(ALICE))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "admin_required")
+    assert guarded.post("/admin/rollout/abort", headers=bearer(ALICE)).status_code == 403
+    status = guarded.get("/admin/status", headers=bearer(ADMIN))
+    assert status.status_code == 200, status.text
+    body = status.json()
+    assert body["app"] == "guarded" and body["rollout"] is None
+    assert {(v["name"], v["weight"], v["healthy"]) for v in body["variants"]} == {
+        ("sim-a", 100.0, True),
+        ("sim-b", 0.0, True),
+    }
+    no_rollout = guarded.post("/admin/rollout/promote", headers=bearer(ADMIN))
+    assert (no_rollout.status_code, no_rollout.json()["error"]["code"]) == (409, "no_rollout")
+    unknown = guarded.post("/admin/rollout/explode", headers=bearer(ADMIN))
+    assert (unknown.status_code, unknown.json()["error"]["param"]) == (400, "action")
+
+
 def test_models_lists_only_what_the_key_may_use(guarded):
     ids = {card["id"] for card in guarded.get("/v1/models", headers=bearer(ALICE)).json()["data"]}
     assert "sim-a" in ids and "sim-b" not in ids

@@ -12,6 +12,7 @@ from serve_app.auth import (
     Forbidden,
     KeyEntry,
     Unauthenticated,
+    admin_refusal,
     exposure_warning,
     hash_token,
     is_loopback,
@@ -249,6 +250,19 @@ def test_admin_routes_need_an_admin_key():
     with pytest.raises(Forbidden) as info:
         auth.authorize_admin(auth.authenticate(f"Bearer {BOB_TOKEN}"))
     assert info.value.code == "admin_required"
+
+
+def test_admin_routes_answer_only_on_loopback_and_with_auth_on_only_to_admin_keys():
+    auth = authenticator(entry("alice", ALICE_TOKEN, admin=True), entry("bob", BOB_TOKEN))
+    alice, bob = auth.authenticate(f"Bearer {ALICE_TOKEN}"), auth.authenticate(f"Bearer {BOB_TOKEN}")
+    assert admin_refusal(auth, alice, "127.0.0.1") is None
+    assert admin_refusal(auth, bob, "127.0.0.1").code == "admin_required"
+    for remote in ("10.0.0.7", None):  # an admin key from another machine, or an unknown peer, is refused
+        refused = admin_refusal(auth, alice, remote)
+        assert (refused.status_code, refused.code) == (403, "admin_loopback_only")
+    off = Authenticator([], enabled=False)
+    assert admin_refusal(off, off.authenticate(None), "::1") is None
+    assert admin_refusal(off, off.authenticate(None), "192.168.1.9").code == "admin_loopback_only"
 
 
 def test_auth_errors_pickle_across_a_ray_hop_and_render_openai_style():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from deployments.coalesce import coalesce_window_s
 from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest, SamplingSpec
 from serve_app.config import StreamConfig, VariantConfig
-from serve_app.errors import EngineUnavailable, InvalidRequest
+from serve_app.errors import EngineDead, InvalidRequest
 from serve_app.metrics import EngineLoadMetrics, replica_label
 from serve_app.model_source import resolve_model
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
+
+# How long a replica whose engine died lives on. Not at all: while it lives, it fails every request at once,
+# which makes it look like the least loaded replica to Serve's router, so it would draw traffic to itself.
+EXIT_DELAY_S = 0.0
 
 
 def engine_kwargs(variant: VariantConfig, model_path: str, tokenizer_path: str) -> dict[str, Any]:
@@ -105,6 +110,7 @@ class EngineReplica:
         started = time.monotonic()
         args = AsyncEngineArgs(**engine_kwargs(variant, source.model, source.tokenizer))
         self._load: dict[str, float] = {}
+        self._exit_scheduled = False
         self._engine: AsyncLLM = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers(self._load))
         self.max_model_len = self._engine.model_config.max_model_len
         if variant.engine.cpu_affinity is not None:
@@ -126,7 +132,8 @@ class EngineReplica:
                 finish = completion.finish_reason if output.finished else None
                 yield completion.text, len(completion.token_ids), finish
         except EngineDeadError as error:
-            raise EngineUnavailable(f"engine for {self.variant} died: {error}") from None
+            self._engine_died()
+            raise EngineDead(f"engine for {self.variant} died: {error}") from None
         except ValueError as error:
             # vLLM's own input checks (e.g. a prompt that our preprocess let through but the engine's
             # tokenizer limits refuse) are the caller's fault, not ours.
@@ -194,8 +201,21 @@ class EngineReplica:
     async def ping(self) -> str:
         return self.variant
 
+    def _engine_died(self) -> None:
+        """A dead vLLM engine never comes back inside this process, so the replica ends itself: Serve sees the
+        actor die at once and starts a new one, where its health check would take several periods to give up,
+        sending new requests here all the while. Callers see the replica die and the ingress retries what
+        had not yet produced output on another replica."""
+        if self._exit_scheduled:
+            return
+        self._exit_scheduled = True
+        logger.error("engine for %s died; the replica exits to be replaced", self.variant)
+        asyncio.get_running_loop().call_later(EXIT_DELAY_S, os._exit, 1)
+
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
+        if self._engine.errored:
+            self._engine_died()
         await asyncio.wait_for(self._engine.check_health(), timeout=10)
 
     def __del__(self) -> None:

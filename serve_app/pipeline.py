@@ -19,7 +19,7 @@ from deployments.routing import RouteQuery
 from deployments.shadow import AnswerSummary
 from deployments.types import EngineChunk, PreparedRequest, RequestKind
 from serve_app.auth import ANONYMOUS, Principal
-from serve_app.errors import EngineUnavailable
+from serve_app.errors import EngineDead, EngineUnavailable
 from serve_app.guard import RequestGuard, Ticket
 from serve_app.limits import LimitsConfig, check_request, timeout_error
 from serve_app.protocol import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
@@ -63,6 +63,12 @@ def replica_died(error: BaseException) -> bool:
     # A replica whose input came from a dead replica (the engine's result chained into postprocess) fails
     # with Serve's own exception; only its message says why.
     return isinstance(error, RayServeException) and "upstream actor died" in str(error)
+
+
+def retry_safe(error: BaseException) -> bool:
+    """Whether a non-streaming call that failed with ``error`` may be sent again: its replica died, or the engine
+    inside it did. Either way no answer reached the client, and the retry goes to a live replica."""
+    return replica_died(error) or isinstance(unwrap(error), EngineDead)
 
 
 def new_request_id() -> str:
@@ -133,11 +139,11 @@ class Pipeline:
                 result = self._engines[prepared.variant].generate.remote(prepared)
                 answer = await self._postprocess.finalize.remote(meta, result)
             except Exception as error:
-                if not replica_died(error):
+                if not retry_safe(error):
                     raise
                 # The client has seen nothing of a non-streaming answer, so it is retried once, and Serve's
                 # router sends the retry to a live replica. A second death is the client's to retry.
-                logger.warning("engine replica died under %s; retrying once", ctx.request_id)
+                logger.warning("engine replica or engine died under %s; retrying once", ctx.request_id)
                 result = self._engines[prepared.variant].generate.remote(prepared)
                 answer = await self._postprocess.finalize.remote(meta, result)
             used = answer.usage.completion_tokens
@@ -172,7 +178,17 @@ class Pipeline:
         idle_s = self._limits.stream_idle_timeout_s
         generator = self._streams[prepared.variant].generate_stream.remote(prepared)
         try:
-            first = await _next_chunk(generator, idle_s, self._limits)
+            try:
+                first = await _next_chunk(generator, idle_s, self._limits)
+            except Exception as error:
+                if not retry_safe(error):
+                    raise
+                # Before its first chunk a stream has sent the client nothing, so, like a non-streaming call,
+                # it is retried once, on a live replica.
+                logger.warning("engine replica or engine died before %s streamed; retrying once", ctx.request_id)
+                generator.cancel()
+                generator = self._streams[prepared.variant].generate_stream.remote(prepared)
+                first = await _next_chunk(generator, idle_s, self._limits)
         except StopAsyncIteration:
             self._release(ticket, 0)
             raise EngineUnavailable("the engine closed the stream before producing output") from None

@@ -1,5 +1,5 @@
-"""``servefleet cluster up|status|down|add-node|kill-node``: the local multi-node cluster (cluster/multinode.py),
-and how ``servefleet up`` / ``status`` attach to it."""
+"""``servefleet cluster up|status|down|add-node|kill-node|restart-gcs``: the local multi-node cluster
+(cluster/multinode.py), and how ``servefleet up`` / ``status`` attach to it."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
             port=args.port,
             dashboard_port=args.dashboard_port,
             autoscale=autoscale,
+            gcs_ft=args.gcs_ft,
             timeout_s=args.timeout,
         )
     except (RuntimeError, TimeoutError) as error:
@@ -87,6 +88,8 @@ def _print_state(state: Any) -> None:
             f"autoscaler: Ray's, fake multi-node provider, {spec.min_workers}..{spec.max_workers} worker nodes, "
             f"idle nodes removed after {spec.idle_timeout_s:g}s"
         )
+    if state.redis is not None:
+        print(f"GCS fault tolerance: tables in redis-server {state.redis.address} (pid {state.redis.pid})")
     print(f"logs: {state.head.log_file} (head); Ray's: {state.temp_dir}/session_latest/logs/")
     print(multinode.format_nodes(multinode.describe(state)))
 
@@ -136,6 +139,25 @@ def cmd_cluster_kill_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_restart_gcs(args: argparse.Namespace) -> int:
+    from cluster import multinode
+
+    state = multinode.running()
+    if state is None:
+        print("no multi-node cluster is running", file=sys.stderr)
+        return 1
+    try:
+        state, restart = multinode.restart_gcs(state, down_s=args.down)
+    except RuntimeError as error:
+        print(f"restart-gcs failed: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"killed gcs_server {restart.killed_pid} with SIGKILL; gcs_server {restart.started_pid} listens again "
+        f"{restart.down_s:.2f}s later"
+    )
+    return 0
+
+
 def register(commands: Any) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the dashboard polls are not news
     cluster = commands.add_parser("cluster", help="a local multi-node Ray cluster: a head and worker nodes")
@@ -151,6 +173,7 @@ def register(commands: Any) -> None:
     up.add_argument("--autoscale", action="store_true", help="let Ray's autoscaler add and remove worker nodes")
     up.add_argument("--max-nodes", type=int, default=3, help="with --autoscale: the most worker nodes")
     up.add_argument("--idle-timeout", type=float, default=30, help="with --autoscale: seconds before an idle node goes")
+    up.add_argument("--gcs-ft", action="store_true", help="keep the GCS tables in a Redis of its own (head restarts)")
     up.add_argument("--timeout", type=float, default=180, help="seconds to wait for every node")
     up.set_defaults(func=cmd_cluster_up)
 
@@ -167,3 +190,7 @@ def register(commands: Any) -> None:
     kill = sub.add_parser("kill-node", help="SIGKILL a worker node's raylet, as a machine failure would")
     kill.add_argument("name", help="the worker's name, e.g. worker-1")
     kill.set_defaults(func=cmd_cluster_kill_node)
+
+    restart = sub.add_parser("restart-gcs", help="SIGKILL the head's GCS and start it again (needs --gcs-ft)")
+    restart.add_argument("--down", type=float, default=0.0, help="seconds to leave the GCS down before the restart")
+    restart.set_defaults(func=cmd_cluster_restart_gcs)

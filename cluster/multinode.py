@@ -14,6 +14,13 @@ to the HTTP proxy (``pools.resources`` in the app config).
 With ``autoscale`` the head also runs Ray's own autoscaler (monitor) with the fake multi-node provider
 (``cluster.fake_provider``): worker nodes are then started and stopped by Ray when demand cannot be placed or
 nodes sit idle, not by this module.
+
+With ``gcs_ft`` the head's GCS keeps its tables in a Redis of its own (``cluster.redis_store``), so that a GCS
+that dies can be started again (``restart_gcs``) and the cluster, Serve included, carries on. The head is then
+a plain ``ray start --head`` that exits once the head is up, not ``--block``: a blocking ``ray start`` kills
+every process of its node as soon as any of them exits with a code other than 0 or SIGTERM, so a crashed GCS
+would take the head's raylet, dashboard, Serve controller and HTTP proxy with it (Ray 2.60,
+``ray/scripts/scripts.py``, the ``--block`` loop). Its processes stay in the group ``head.pid``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cluster import redis_store
 from cluster.local import live_group_members, ray_environment
 from serve_app.paths import cache_dir, logs_dir, state_dir
 
@@ -110,15 +118,26 @@ class MultiNodeState:
     engine_slots: float = 2.0
     autoscale: AutoscaleSpec | None = None
     started_at: float = 0.0
+    redis: redis_store.RedisProcess | None = None  # with gcs_ft: where the GCS keeps its tables
+    gcs_group: int | None = None  # a GCS started again by `restart_gcs` runs in a process group of its own
 
     @property
     def dashboard_url(self) -> str:
         return f"http://{self.node_ip}:{self.dashboard_port}"
 
     @property
+    def gcs_ft(self) -> bool:
+        return self.redis is not None
+
+    @property
     def groups(self) -> list[int]:
-        """Process groups, workers first (stopped before the head, so they do not log a lost GCS)."""
-        return [w.pid for w in self.workers] + [self.head.pid]
+        """Process groups, workers first (stopped before the head, so they do not log a lost GCS), Redis last."""
+        groups = [w.pid for w in self.workers] + [self.head.pid]
+        if self.gcs_group is not None:
+            groups.append(self.gcs_group)
+        if self.redis is not None:
+            groups.append(self.redis.pid)
+        return groups
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MultiNodeState:
@@ -127,6 +146,8 @@ class MultiNodeState:
         data["workers"] = [NodeProcess(**w) for w in data.get("workers", [])]
         if data.get("autoscale") is not None:
             data["autoscale"] = AutoscaleSpec(**data["autoscale"])
+        if data.get("redis") is not None:
+            data["redis"] = redis_store.RedisProcess(**data["redis"])
         return cls(**data)
 
 
@@ -172,8 +193,15 @@ def temp_dir_for(state_file: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def _ray_start() -> list[str]:
-    return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats"]
+def _ray_start(*, block: bool = True) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        *(["--block"] if block else []),
+        "--disable-usage-stats",
+    ]
 
 
 def head_command(
@@ -188,10 +216,13 @@ def head_command(
     temp_dir: str,
     autoscaling_config: str | None = None,
     system_config: Mapping[str, Any] | None = None,
+    block: bool = True,
+    redis_password: str | None = None,
 ) -> list[str]:
-    """``ray start --head`` for the head: ``head`` resource, dashboard and fixed ports on ``node_ip``."""
+    """``ray start --head`` for the head: ``head`` resource, dashboard and fixed ports on ``node_ip``. With
+    ``redis_password`` the GCS uses the Redis that ``gcs_ft_environment`` names."""
     command = [
-        *_ray_start(),
+        *_ray_start(block=block),
         "--head",
         f"--node-ip-address={node_ip}",
         f"--port={port}",
@@ -213,7 +244,16 @@ def head_command(
         command.append(f"--system-config={json.dumps(dict(system_config), separators=(',', ':'))}")
     if autoscaling_config is not None:
         command.append(f"--autoscaling-config={autoscaling_config}")
+    if redis_password is not None:
+        command.append(f"--redis-password={redis_password}")
     return command
+
+
+def gcs_ft_environment(redis: redis_store.RedisProcess, namespace: str) -> dict[str, str]:
+    """What turns GCS fault tolerance on in Ray 2.60 (``ray/_private/node.py`` reads ``RAY_REDIS_ADDRESS``; the
+    GCS binary reads every ``RAY_<setting>``). The namespace keeps this cluster's keys apart in Redis, as
+    KubeRay does with the RayCluster's id."""
+    return {"RAY_REDIS_ADDRESS": redis.address, "RAY_external_storage_namespace": namespace}
 
 
 def worker_command(
@@ -316,13 +356,14 @@ def start(
     node_ip: str = NODE_IP,
     state_file: Path | None = None,
     system_config: Mapping[str, Any] | None = None,
+    gcs_ft: bool = False,
     timeout_s: float = 120,
 ) -> MultiNodeState:
     """Start a head and ``nodes`` worker nodes (or, with ``autoscale``, a head whose autoscaler starts them) and
     wait until every node is alive in the GCS. On any failure, everything started so far is stopped.
 
     ``system_config``: Ray's internal settings for the head; None means ``FAST_FAILURE_DETECTION``, ``{}``
-    Ray's own defaults."""
+    Ray's own defaults. ``gcs_ft``: back the GCS with a Redis of its own (see the module's docstring)."""
     state_file = (state_file or default_state_file()).resolve()
     existing = read_state(state_file)
     if existing is not None and live_group_members(existing.head.pid):
@@ -356,6 +397,16 @@ def start(
         # RAY_FAKE_CLUSTER: the fake provider refuses to run without it and the head takes the fake head id.
         extra_env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     head_log = log_dir / f"{state_file.stem}-head.log"
+    redis: redis_store.RedisProcess | None = None
+    if gcs_ft:
+        redis = redis_store.start(
+            host=node_ip,
+            port=free_port(node_ip),
+            data_dir=temp_dir / "redis",
+            log_file=log_dir / f"{state_file.stem}-redis.log",
+            cwd=cache_dir(),
+        )
+        extra_env.update(gcs_ft_environment(redis, namespace=f"servefleet-{temp_dir.name}"))
     command = head_command(
         node_ip=node_ip,
         port=port,
@@ -367,8 +418,15 @@ def start(
         temp_dir=str(temp_dir),
         autoscaling_config=config_path,
         system_config=system_config,
+        block=not gcs_ft,
+        redis_password=None if redis is None else redis.password,
     )
-    head_process = _spawn(command, _environment(temp_dir, extra_env), head_log)
+    try:
+        head_process = _spawn(command, _environment(temp_dir, extra_env), head_log)
+    except BaseException:
+        if redis is not None:
+            _kill_group(redis.pid, signal.SIGKILL)
+        raise
     head = NodeProcess(
         name="head",
         pid=head_process.pid,
@@ -390,13 +448,16 @@ def start(
         engine_slots=engine_slots,
         autoscale=autoscale,
         started_at=time.time(),
+        redis=redis,
     )
     _write_state(state)  # from here on `stop` can clean up, whatever fails next
     try:
         deadline = time.monotonic() + timeout_s
         while not _port_open(node_ip, port):
-            if head_process.poll() is not None:
-                raise RuntimeError(f"ray head exited with code {head_process.returncode}; see {head_log}")
+            # A head without --block (gcs_ft) exits 0 once its processes are up.
+            code = head_process.poll()
+            if code is not None and (code != 0 or not gcs_ft):
+                raise RuntimeError(f"ray head exited with code {code}; see {head_log}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ray head did not come up in {timeout_s:.0f}s; see {head_log}")
             time.sleep(0.5)
@@ -493,6 +554,75 @@ def stop(*, state_file: Path | None = None, timeout_s: float = 5) -> bool:
     path.unlink(missing_ok=True)
     path.with_name(path.stem + "-autoscaler.json").unlink(missing_ok=True)
     return True
+
+
+def _pid_gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def gcs_server_pid(state: MultiNodeState) -> int | None:
+    """The head's gcs_server: in the head's process group, or in its own after a restart."""
+    import psutil
+
+    for group in (state.gcs_group, state.head.pid):
+        for pid in live_group_members(group) if group is not None else []:
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).name() == "gcs_server":
+                    return pid
+    return None
+
+
+@dataclass(frozen=True)
+class GcsRestart:
+    killed_pid: int
+    started_pid: int
+    down_s: float  # SIGKILL to the new GCS listening on the cluster's port again
+
+
+def restart_gcs(
+    state: MultiNodeState, *, down_s: float = 0.0, timeout_s: float = 60
+) -> tuple[MultiNodeState, GcsRestart]:
+    """SIGKILL the head's GCS, as a crash would, wait ``down_s``, and start it again with the same command line
+    and environment (as Ray's own tests do with ``kill_gcs_server``/``start_gcs_server``). The new GCS runs in a
+    process group of its own, recorded in the state file, so ``stop`` still finds it.
+
+    Only with ``gcs_ft``: a GCS without Redis would come back empty, knowing none of the cluster's nodes and
+    actors."""
+    import psutil
+
+    if not state.gcs_ft:
+        raise RuntimeError("this cluster keeps its GCS in memory: start it with `servefleet cluster up --gcs-ft`")
+    pid = gcs_server_pid(state)
+    if pid is None:
+        raise RuntimeError("the head has no running gcs_server")
+    process = psutil.Process(pid)
+    argv, env = process.cmdline(), process.environ()
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    deadline = killed_at + timeout_s
+    while not _pid_gone(pid) or _port_open(state.node_ip, state.port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gcs_server {pid} did not go after SIGKILL")
+        time.sleep(0.05)
+    if state.gcs_group is not None:
+        _reap(state.gcs_group)  # the GCS just killed, if this process started it
+    time.sleep(down_s)
+    log_file = logs_dir() / f"{Path(state.state_file).stem}-gcs-restart.log"
+    new = _spawn(argv, env, log_file)
+    state = replace(state, gcs_group=new.pid)
+    _write_state(state)
+    while not _port_open(state.node_ip, state.port):
+        if new.poll() is not None:
+            raise RuntimeError(f"the restarted gcs_server exited with code {new.returncode}; see {log_file}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the restarted gcs_server did not listen within {timeout_s:.0f}s; see {log_file}")
+        time.sleep(0.05)
+    return state, GcsRestart(pid, new.pid, time.monotonic() - killed_at)
 
 
 def raylet_pid(node: NodeProcess) -> int | None:

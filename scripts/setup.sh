@@ -18,17 +18,21 @@ fi
 FLAVOUR=${SERVEFLEET_ENGINE:-cpu}
 case "$FLAVOUR" in cpu|gpu) ;; *) echo "setup: SERVEFLEET_ENGINE must be cpu or gpu" >&2; exit 1;; esac
 
-# Debian's prometheus: the metrics tests scrape the app with a real Prometheus server. Installed when
-# missing and this shell may use apt (root, or passwordless sudo); otherwise say how.
-if ! command -v prometheus >/dev/null; then
+# Debian packages the tests use, installed when missing and this shell may use apt (root); otherwise say how.
+# prometheus: the metrics tests scrape the app with a real Prometheus server. redis-server: the GCS fault
+# tolerance of `servefleet cluster up --gcs-ft` (tests/multinode/test_gcs_ft.py) keeps the GCS tables there.
+apt_install() {  # $1: the command it provides, $2: the package, $3: what needs it
+  command -v "$1" >/dev/null && return 0
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian's prometheus package (used by the metrics tests)..."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }
+    echo "setup: installing Debian's $2 package (used by $3)..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }
   else
-    echo "setup: 'prometheus' is not installed; the metrics tests need it (sudo apt-get install prometheus)" >&2
+    echo "setup: '$1' is not installed; $3 need it (sudo apt-get install $2)" >&2
   fi
-fi
+}
+apt_install prometheus prometheus "the metrics tests"
+apt_install redis-server redis-server "cluster up --gcs-ft and its tests"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.servefleet-installed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import multinode
+from cluster import multinode, redis_store
 from cluster.cli import attach
 
 FAST = multinode.FAST_FAILURE_DETECTION
@@ -195,3 +195,47 @@ def test_rays_own_failure_detection_can_be_kept() -> None:
     ports = {"port": 1, "dashboard_port": 2, "metrics_port": 3, "agent_port": 4, "client_port": 5}
     command = multinode.head_command(node_ip="127.0.0.2", num_cpus=1, temp_dir="/t", system_config={}, **ports)
     assert not any(arg.startswith("--system-config") for arg in command)
+
+
+REDIS = redis_store.RedisProcess(21, "127.0.0.2", 6379, "pw", "/t/redis", "/l/redis.log")
+
+
+def test_gcs_ft_head_does_not_block_and_passes_the_redis_password() -> None:
+    ports = {"port": 1, "dashboard_port": 2, "metrics_port": 3, "agent_port": 4, "client_port": 5}
+    command = multinode.head_command(
+        node_ip="127.0.0.2", num_cpus=1, temp_dir="/t", block=False, redis_password="pw", **ports
+    )
+    # A blocking `ray start` kills its whole node when the GCS dies with SIGKILL, the very crash to survive.
+    assert "--block" not in command and "--head" in command
+    assert flag(command, "redis-password") == "pw"
+    env = multinode.gcs_ft_environment(REDIS, namespace="servefleet-x")
+    assert env == {"RAY_REDIS_ADDRESS": "127.0.0.2:6379", "RAY_external_storage_namespace": "servefleet-x"}
+
+
+def test_redis_binds_loopback_with_a_password_and_reads_no_system_config() -> None:
+    command = redis_store.redis_command(
+        "/usr/bin/redis-server", host="127.0.0.2", port=7000, password="pw", data_dir="/d", log_file="/l"
+    )
+    assert command[0] == "/usr/bin/redis-server" and not command[1].endswith(".conf")
+    pairs = dict(zip(command[1::2], command[2::2], strict=True))
+    assert pairs["--bind"] == "127.0.0.2" and pairs["--port"] == "7000" and pairs["--requirepass"] == "pw"
+    assert pairs["--dir"] == "/d" and pairs["--daemonize"] == "no" and pairs["--save"] == ""
+    assert redis_store.ping("127.0.0.2", multinode.free_port("127.0.0.2"), "pw") is False  # nothing listens
+
+
+def test_gcs_ft_state_round_trips_and_stops_the_restarted_gcs_and_redis_too(tmp_path: Path) -> None:
+    head = multinode.NodeProcess("head", 11, 1, {"head": 1000.0}, "/l/head.log", 1.0)
+    worker = multinode.NodeProcess("worker-1", 12, 2, {"engine": 2.0}, "/l/w1.log", 2.0)
+    state = multinode.MultiNodeState(
+        "127.0.0.2:1", "127.0.0.2", 1, 2, 3, "/t", str(tmp_path / "m.json"), head, [worker], redis=REDIS, gcs_group=31
+    )
+    multinode._write_state(state)
+    assert multinode.read_state(tmp_path / "m.json") == state
+    assert state.gcs_ft and state.groups == [12, 11, 31, 21]
+
+
+def test_restarting_a_gcs_without_redis_is_refused(tmp_path: Path) -> None:
+    head = multinode.NodeProcess("head", 2**22 + 12345, 1, {}, "/l", 0.0)
+    state = multinode.MultiNodeState("127.0.0.2:1", "127.0.0.2", 1, 2, 3, "/t", str(tmp_path / "m.json"), head=head)
+    with pytest.raises(RuntimeError, match="--gcs-ft"):
+        multinode.restart_gcs(state)

@@ -65,11 +65,21 @@ FAST_FAILURE_DETECTION: dict[str, int] = {
 FAKE_WORKER_TYPE = "ray.worker.servefleet"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "") -> int:
-    """A TCP port nothing listens on right now (on every address when ``host`` is empty)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nothing listens on right now (on every address when ``host`` is empty), and never one this
+    process was handed before: the kernel may hand a port that was just closed out again, and a node started
+    with one port for two components fails ("trying to use a port number ... used by other components")."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port that was not handed out before")
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -41,7 +41,7 @@ def _common(parser: argparse.ArgumentParser, *, users: int, run_time: str) -> No
 
 
 def register(subparsers: Any) -> None:
-    """Add ``loadtest``, ``gate`` and ``bench`` to an ``argparse`` subparsers object."""
+    """Add ``loadtest``, ``gate``, ``bench`` and ``soak`` to an ``argparse`` subparsers object."""
     loadtest = subparsers.add_parser(
         "loadtest",
         help="stream chat completions from the API with Locust and report TTFT/ITL per variant",
@@ -82,6 +82,17 @@ def register(subparsers: Any) -> None:
     )
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(func=cmd_bench)
+
+    from loadtests import soak
+
+    soak_parser = subparsers.add_parser(
+        "soak",
+        help="hold the stack under load for a bounded time and judge every process's memory",
+        description=soak.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    soak.add_arguments(soak_parser)
+    soak_parser.set_defaults(func=cmd_soak)
 
 
 def _options(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -144,6 +155,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"servefleet bench: {problem}", file=sys.stderr)
         return 2
     return bench.run(args)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from loadtests import soak
+
+    if (problem := soak.bounds_problem(args)) is not None:
+        print(f"servefleet soak: {problem}", file=sys.stderr)
+        return 2
+    import shlex
+
+    return soak.run(args, "servefleet " + shlex.join(sys.argv[1:]))
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

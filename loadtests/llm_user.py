@@ -1,5 +1,10 @@
 """The LLM-aware Locust user: streams chat completions and measures them from the stream itself.
 
+With ``--sf-stream-fraction`` below 1 (default 1: every request streams) a seeded share of the requests asks for
+one JSON answer instead (Locust entry ``POST /v1/chat/completions (non-streaming)``; only its end-to-end latency
+is measured, by ``sse.measure_answer``). Each record keeps whether it streamed, the OpenAI error type of a
+failure (from the body or the stream's error event) and the Retry-After header.
+
 Imports Locust (and so gevent's monkey-patching): only ``locustfile.py`` imports this module. The measuring
 is in ``sse.py`` (pure); this module sends, times the bytes, and reports.
 
@@ -35,21 +40,23 @@ from loadtests.guards import (
 )
 from loadtests.options import LoadSettings, settings_from_options
 from loadtests.profiles import Profile, get_profile
-from loadtests.prompts import chat_request_body
+from loadtests.prompts import chat_request_body, is_streamed, plain_request_body
 from loadtests.records import RecordWriter, RequestRecord, build_record
-from loadtests.sse import StreamMeter, StreamMetrics
+from loadtests.sse import StreamMeter, StreamMetrics, error_type_of, measure_answer
 
 logger = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+PLAIN_NAME = f"{CHAT_PATH} (non-streaming)"
+"""Locust's entry name for non-streaming requests, apart from the streamed ones."""
 VARIANT_HEADER = "x-servefleet-variant"
 STICKY_HEADER = "x-servefleet-user"
 REQUEST_ID_HEADER = "x-request-id"
 CONNECT_TIMEOUT_S = 5.0
 
 
-def request_headers(*, variant: str, sticky_key: str | None) -> dict[str, str]:
-    headers = {"accept": "text/event-stream"}
+def request_headers(*, variant: str, sticky_key: str | None, stream: bool = True) -> dict[str, str]:
+    headers = {"accept": "text/event-stream" if stream else "application/json"}
     if variant:
         headers[VARIANT_HEADER] = variant
     if sticky_key:
@@ -136,7 +143,10 @@ class LLMUser(HttpUser):
     def chat(self) -> None:
         run = self._run()
         prompt = run.profile.prompt(run.settings.seed, run.next_prompt_index())
-        record = self._stream(chat_request_body(prompt, model=run.settings.model), prompt.index)
+        if is_streamed(run.settings.seed, prompt.index, run.settings.stream_fraction):
+            record = self._stream(chat_request_body(prompt, model=run.settings.model), prompt.index)
+        else:
+            record = self._plain(plain_request_body(prompt, model=run.settings.model), prompt.index)
         run.record(record)
         if record.ok:
             self._report_latencies(record)
@@ -184,6 +194,50 @@ class LLMUser(HttpUser):
             requested_variant=settings.variant,
             variant=response.headers.get(VARIANT_HEADER, "") if response.headers else "",
             request_id=response.headers.get(REQUEST_ID_HEADER, "") if response.headers else "",
+            error_type=_error_type(response, status),
+            retry_after=response.headers.get("retry-after", "") if response.headers else "",
+        )
+
+    def _plain(self, body: dict[str, Any], prompt_index: int) -> RequestRecord:
+        """One non-streaming request: the answer arrives whole, so only its end-to-end latency is measured."""
+        settings = self._run().settings
+        start_time, start = time.time(), time.perf_counter()
+        metrics: StreamMetrics | None = None
+        error = ""
+        with self.client.post(
+            CHAT_PATH,
+            name=PLAIN_NAME,
+            json=body,
+            headers=request_headers(variant=settings.variant, sticky_key=self._sticky_key, stream=False),
+            catch_response=True,
+            timeout=(CONNECT_TIMEOUT_S, settings.request_timeout_s),
+        ) as response:
+            e2e_s = time.perf_counter() - start
+            status = int(response.status_code or 0)
+            if status != 200:
+                error = _http_error(response, status)
+                response.failure(error)
+            else:
+                metrics = measure_answer(response.text or "", e2e_s=e2e_s)
+                if metrics.error:
+                    response.failure(metrics.error)
+                else:
+                    response.success()
+        headers = response.headers or {}
+        return build_record(
+            start_time=start_time,
+            status=status,
+            metrics=metrics,
+            error=error,
+            e2e_s=e2e_s if metrics is None else None,
+            profile=settings.profile,
+            prompt_index=prompt_index,
+            requested_variant=settings.variant,
+            variant=headers.get(VARIANT_HEADER, ""),
+            request_id=headers.get(REQUEST_ID_HEADER, ""),
+            stream=False,
+            error_type=_error_type(response, status),
+            retry_after=headers.get("retry-after", ""),
         )
 
     def _report_latencies(self, record: RequestRecord) -> None:
@@ -203,6 +257,16 @@ class LLMUser(HttpUser):
                     exception=None,
                     context={},
                 )
+
+
+def _error_type(response: Any, status: int) -> str:
+    """The OpenAI error type of a failed response's body (a 200's stream events are read by the meter)."""
+    if status in (0, 200):
+        return ""
+    try:
+        return error_type_of(response.text or "")
+    except requests.RequestException:
+        return ""
 
 
 def _http_error(response: Any, status: int) -> str:

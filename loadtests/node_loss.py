@@ -31,7 +31,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,24 +429,37 @@ def busiest_worker(nodes: Iterable[Any]) -> Any:
 # ---------------------------------------------------------------------------------------------- the script
 
 
-def run(args: argparse.Namespace) -> NodeLossReport:
+@dataclass(frozen=True)
+class SimCluster:
+    """A running multi-node cluster serving the simulated-engine app, ready for load."""
+
+    state: Any  # cluster.multinode.MultiNodeState
+    app: str
+    url: str
+    expected: dict[str, int]  # engine deployment -> replicas it runs when at full capacity
+
+
+@contextlib.contextmanager
+def sim_cluster(
+    config_file: Path,
+    *,
+    nodes: int,
+    state_name: str = "node-loss.json",
+    system_config: dict[str, Any] | None = None,
+    start_timeout_s: float = 120,
+) -> Iterator[SimCluster]:
+    """Start a head and ``nodes`` workers (state file ``state_name`` in the cache's state folder), deploy
+    ``config_file`` on it and wait for every engine replica; on exit, stop exactly that cluster."""
     from cluster import multinode
     from serve_app.config import load_config
     from serve_app.control import base_url, wait_ready
     from serve_app.paths import state_dir
 
     port = multinode.free_port()
-    config_file = args.config
-    if args.unpinned:  # the light deployments may land on worker nodes too (and die with them)
-        data = yaml.safe_load(args.config.read_text())
-        data.get("pools", {}).pop("resources", None)
-        config_file = state_dir() / "node-loss-unpinned.yaml"
-        config_file.write_text(yaml.safe_dump(data))
     config = load_config(config_file, overrides={"server": {"port": port}})
-    state_file = state_dir() / "node-loss.json"
+    state_file = state_dir() / state_name
     multinode.stop(state_file=state_file)  # a run killed before its cleanup left this behind
-    system_config = {} if args.ray_health_checks else None
-    state = multinode.start(nodes=args.nodes, state_file=state_file, system_config=system_config)
+    state = multinode.start(nodes=nodes, state_file=state_file, system_config=system_config, timeout_s=start_timeout_s)
     try:
         deploy(state, config_file, port)
         url = base_url(config)
@@ -455,11 +468,29 @@ def run(args: argparse.Namespace) -> NodeLossReport:
                     for v in config.variants}  # fmt: skip
         if wait_engine_replicas(state, config.app_name, expected, timeout_s=120) is None:
             raise RuntimeError(f"engine replicas never reached {expected}")
+        yield SimCluster(state, config.app_name, url, expected)
+    finally:
+        multinode.stop(state_file=state_file)
+
+
+def run(args: argparse.Namespace) -> NodeLossReport:
+    from cluster import multinode
+    from serve_app.paths import state_dir
+
+    config_file = args.config
+    if args.unpinned:  # the light deployments may land on worker nodes too (and die with them)
+        data = yaml.safe_load(args.config.read_text())
+        data.get("pools", {}).pop("resources", None)
+        config_file = state_dir() / "node-loss-unpinned.yaml"
+        config_file.write_text(yaml.safe_dump(data))
+    system_config = {} if args.ray_health_checks else None
+    with sim_cluster(config_file, nodes=args.nodes, system_config=system_config) as cluster:
+        state, expected = cluster.state, cluster.expected
         nodes = multinode.describe(state)
         print(multinode.format_nodes(nodes))
         victim = busiest_worker(nodes)
         load = BackgroundLoad(
-            url,
+            cluster.url,
             users=args.users,
             duration_s=args.warmup + args.after,
             max_requests=args.max_requests,
@@ -471,13 +502,11 @@ def run(args: argparse.Namespace) -> NodeLossReport:
             kill_at = time.monotonic()
             pid = multinode.kill_raylet(state, victim.name)
             print(f"killed the raylet of {victim.name} (pid {pid}) at +{kill_at - load.started_at:.1f}s")
-            died_at, detect_at, back_at = watch_recovery(state, config.app_name, expected, victim, timeout_s=args.after)
+            died_at, detect_at, back_at = watch_recovery(state, cluster.app, expected, victim, timeout_s=args.after)
             records = load.wait()
         end_at = max((r.ended for r in records), default=kill_at)
         print(multinode.format_nodes(multinode.describe(state)))
         return analyze(records, kill_at, died_at=died_at, end_at=end_at, detect_at=detect_at, replicas_back_at=back_at)
-    finally:
-        multinode.stop(state_file=state_file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

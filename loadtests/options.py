@@ -26,6 +26,7 @@ SEED = "--sf-seed"
 STICKY = "--sf-sticky-users"
 REQUESTS_CSV = "--sf-requests-csv"
 REQUEST_TIMEOUT = "--sf-request-timeout"
+STREAM_FRACTION = "--sf-stream-fraction"
 
 
 class LoadSettings(BaseModel):
@@ -40,6 +41,7 @@ class LoadSettings(BaseModel):
     sticky_users: bool = Field(default=False, description="Send a per-user x-servefleet-user key (sticky routing).")
     requests_csv: Path | None = Field(default=None, description="Where to append one CSV row per request.")
     request_timeout_s: float = Field(default=DEFAULT_REQUEST_TIMEOUT_S, gt=0, description="Read timeout per request.")
+    stream_fraction: float = Field(default=1.0, ge=0, le=1, description="Share of requests streamed; the rest not.")
 
 
 def _env(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -74,6 +76,12 @@ def add_arguments(parser: Any, environ: Mapping[str, str] | None = None) -> None
         default=float(_env(env, "REQUEST_TIMEOUT", str(DEFAULT_REQUEST_TIMEOUT_S))),
         help="read timeout per request, seconds",
     )
+    parser.add_argument(
+        STREAM_FRACTION,
+        type=float,
+        default=float(_env(env, "STREAM_FRACTION", "1")),
+        help="share of requests that stream (1: all); the others ask for one JSON answer",
+    )
 
 
 def settings_from_options(options: argparse.Namespace) -> LoadSettings:
@@ -87,4 +95,5 @@ def settings_from_options(options: argparse.Namespace) -> LoadSettings:
         sticky_users=options.sf_sticky_users,
         requests_csv=Path(csv_path) if csv_path else None,
         request_timeout_s=options.sf_request_timeout,
+        stream_fraction=options.sf_stream_fraction,
     )

@@ -215,3 +215,17 @@ def chat_request_body(prompt: Prompt, *, model: str) -> dict[str, object]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+def plain_request_body(prompt: Prompt, *, model: str) -> dict[str, object]:
+    """The same request as ``chat_request_body`` without streaming: one JSON answer."""
+    body = chat_request_body(prompt, model=model)
+    body.pop("stream_options")
+    return {**body, "stream": False}
+
+
+def is_streamed(seed: int, index: int, stream_fraction: float) -> bool:
+    """Whether request ``index`` of a run streams: a seeded draw, so a run replays the same mix."""
+    if stream_fraction >= 1:
+        return True
+    return _rng(seed, index, "stream").random() < stream_fraction

@@ -38,6 +38,9 @@ class RequestRecord(BaseModel):
     chunks: int = 0
     max_gap_s: float | None = None
     finish_reason: str = ""
+    stream: bool = Field(default=True, description="Streamed (SSE) or a plain JSON answer.")
+    error_type: str = Field(default="", description="The OpenAI error type (body or stream event); empty if none.")
+    retry_after: str = Field(default="", description="The Retry-After header of a failed response; empty if none.")
 
     @field_validator("ttft_s", "itl_s", "e2e_s", "output_tokens", "prompt_tokens", "max_gap_s", mode="before")
     @classmethod
@@ -68,6 +71,9 @@ def build_record(
     requested_variant: str = "",
     variant: str = "",
     request_id: str = "",
+    stream: bool = True,
+    error_type: str = "",
+    retry_after: str = "",
 ) -> RequestRecord:
     """A record from a measured stream (``metrics``) or from a request that never produced one (``error``)."""
     identity = {
@@ -78,9 +84,11 @@ def build_record(
         "variant": variant,
         "request_id": request_id,
         "status": status,
+        "stream": stream,
+        "retry_after": retry_after,
     }
     if metrics is None:
-        return RequestRecord(**identity, ok=False, error=error or f"HTTP {status}", e2e_s=e2e_s)
+        return RequestRecord(**identity, ok=False, error=error or f"HTTP {status}", e2e_s=e2e_s, error_type=error_type)
     failure = error or metrics.error or ""
     return RequestRecord(
         **identity,
@@ -94,6 +102,7 @@ def build_record(
         chunks=metrics.chunks,
         max_gap_s=metrics.max_gap_s,
         finish_reason=metrics.finish_reason or "",
+        error_type=error_type or metrics.error_type or "",
     )
 
 

@@ -51,6 +51,8 @@ class LoadTestOptions(BaseModel):
     seed: int = Field(default=0, description="Workload seed; the same seed replays the same prompts.")
     sticky_users: bool = False
     request_timeout_s: float = Field(default=opt.DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+    stream_fraction: float = Field(default=1.0, ge=0, le=1, description="Share of requests streamed; others not.")
+    stop_timeout_s: int = Field(default=STOP_TIMEOUT_S, ge=1, le=600, description="Locust's --stop-timeout.")
     csv_dir: Path = Field(default=Path("loadtest-results"), description="Where Locust's CSVs and ours go.")
     label: str = Field(default="run", pattern=r"^[A-Za-z0-9._-]+$", description="File name prefix in csv_dir.")
 
@@ -107,7 +109,7 @@ def locust_command(
         "--run-time",
         f"{options.run_time_s:g}s",
         "--stop-timeout",
-        str(STOP_TIMEOUT_S),
+        str(options.stop_timeout_s),
         opt.PROFILE,
         options.profile,
         opt.MODEL,
@@ -123,6 +125,8 @@ def locust_command(
         command += [opt.VARIANT, options.variant]
     if options.sticky_users:
         command.append(opt.STICKY)
+    if options.stream_fraction != 1:
+        command += [opt.STREAM_FRACTION, f"{options.stream_fraction:g}"]
     if web:
         return [*command, "--web-host", "127.0.0.1", "--web-port", str(web_port)]
     # Failed requests are part of the measurement, not a crash: exit 0 so that only a real crash is non-zero.
@@ -164,7 +168,7 @@ def run_headless(options: LoadTestOptions, *, quiet: bool = False, runner: Runne
     # The per-request CSV is appended to, so a stale one from an earlier run would mix two runs' samples.
     options.requests_csv.unlink(missing_ok=True)
     command = locust_command(options, quiet=quiet)
-    timeout = options.run_time_s + STOP_TIMEOUT_S + START_GRACE_S
+    timeout = options.run_time_s + options.stop_timeout_s + START_GRACE_S
     logger.info("running: %s", " ".join(command))
     started = time.monotonic()
     with contextlib.ExitStack() as stack:

@@ -104,6 +104,8 @@ class StreamMetrics:
     """The longest wait between two text chunks: a stall that a mean ITL would hide."""
     finish_reason: str | None
     error: str | None
+    error_type: str | None = None
+    """The OpenAI error ``type`` of an error event in the stream (``service_unavailable``: retryable)."""
 
     @property
     def ok(self) -> bool:
@@ -132,6 +134,7 @@ class StreamMeter:
         self._finish_reason: str | None = None
         self._done = False
         self._error: str | None = None
+        self._error_type: str | None = None
 
     def feed(self, t: float, piece: bytes) -> None:
         for payload in self._decoder.feed(piece):
@@ -165,6 +168,7 @@ class StreamMeter:
             max_gap_s=max(gaps) if gaps else None,
             finish_reason=self._finish_reason,
             error=error,
+            error_type=self._error_type,
         )
 
     def _event(self, t: float, payload: str) -> None:
@@ -188,6 +192,7 @@ class StreamMeter:
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else error
             self._error = f"error event in stream: {message}"
+            self._error_type = _error_type(error)
             return
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
@@ -201,6 +206,58 @@ class StreamMeter:
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 self._finish_reason = reason
+
+
+def _error_type(error: object) -> str | None:
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def error_type_of(body: str) -> str:
+    """The OpenAI error ``type`` of an error response body (``{"error": {"type": ...}}``); empty if none."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    return (_error_type(data.get("error")) if isinstance(data, dict) else None) or ""
+
+
+def measure_answer(body: str, *, e2e_s: float) -> StreamMetrics:
+    """Measure one non-streaming chat or text completion from its JSON body, as ``StreamMeter`` does a stream:
+    an answer without usage or without text is malformed. No TTFT or ITL: the whole answer arrives at once."""
+    error: str | None = None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer, error = None, f"body is not JSON: {body[:80]!r}"
+    if error is None and not isinstance(answer, dict):
+        answer, error = None, f"body is not a JSON object: {body[:80]!r}"
+    answer = answer if isinstance(answer, dict) else {}
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
+    choices = answer.get("choices") if isinstance(answer.get("choices"), list) else []
+    first = choices[0] if choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    text = message.get("content") if isinstance(message, dict) else first.get("text")
+    output_tokens = _int(usage, "completion_tokens")
+    if error is None and "error" in answer:
+        error = f"error in answer: {answer['error']}"
+    if error is None and not (isinstance(text, str) and text):
+        error = "answer carried no text"
+    if error is None and output_tokens is None:
+        error = "answer has no integer usage.completion_tokens"
+    reason = first.get("finish_reason")
+    return StreamMetrics(
+        ttft_s=None,
+        itl_s=None,
+        e2e_s=e2e_s,
+        output_tokens=output_tokens,
+        prompt_tokens=_int(usage, "prompt_tokens"),
+        chunks=0,
+        max_gap_s=None,
+        finish_reason=reason if isinstance(reason, str) else None,
+        error=error,
+        error_type=_error_type(answer.get("error")),
+    )
 
 
 def _int(mapping: dict[str, object] | None, key: str) -> int | None:

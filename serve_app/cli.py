@@ -271,7 +271,7 @@ def parser() -> argparse.ArgumentParser:
 
     from loadtests.cli import register
 
-    register(commands)  # loadtest, gate, bench
+    register(commands)  # loadtest, gate, bench, soak
     from cluster.cli import register as register_cluster
 
     register_cluster(commands)  # cluster up, status, down, add-node, kill-node

@@ -118,7 +118,10 @@ def test_default_config_pins_engines_and_widens_the_window_with_load():
     assert config.stream.coalesce_ms >= config.stream.coalesce_per_stream_ms
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "cluster" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+SHIPPED_CONFIGS = sorted((Path(__file__).parents[2] / "cluster" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path: Path):
     config = load_config(path)
     assert config.variants

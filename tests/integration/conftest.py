@@ -17,6 +17,16 @@ from serve_app.config import ServeFleetConfig, load_config
 pytestmark = pytest.mark.integration
 
 
+def stream_outcome(status: int, body: str) -> str:
+    """How a streamed request ended, as the fault tests count it: ``ok``, ``retryable`` (an error event saying
+    the service is unavailable), ``status N`` (refused before the stream started), or the body's tail."""
+    if status != 200:
+        return f"status {status}"
+    if '"error"' in body:
+        return "retryable" if "service_unavailable" in body else body[-300:]
+    return "ok"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ import psutil
 from ray import serve
 
 from serve_app.config import load_config, parse_config
+from tests.integration.conftest import stream_outcome
 
 PREFIX = "/crash"
 APP = "crash"
@@ -65,13 +66,7 @@ def test_an_engine_crash_inside_vllm_fails_only_its_requests_in_flight(running_a
                     plain.append((response.status_code, response.headers.get("retry-after")))
                     continue
                 with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-                    text = response.read().decode()
-                    if response.status_code != 200:
-                        streamed.append(f"status {response.status_code}")
-                    elif '"error"' in text:
-                        streamed.append("retryable" if "service_unavailable" in text else text[-300:])
-                    else:
-                        streamed.append("ok")
+                    streamed.append(stream_outcome(response.status_code, response.read().decode()))
 
     try:
         wait_ready(url, timeout_s=600)

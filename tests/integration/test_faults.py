@@ -15,6 +15,7 @@ import psutil
 from ray import serve
 
 from serve_app.config import parse_config
+from tests.integration.conftest import stream_outcome
 
 PREFIX = "/faults"
 
@@ -73,13 +74,7 @@ def test_killing_an_engine_replica_loses_no_non_streaming_request(running_app):
                         failures.append(response.text[:300])
                     continue
                 with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-                    text = response.read().decode()
-                    if response.status_code != 200:
-                        streamed.append(f"status {response.status_code}")
-                    elif '"error"' in text:
-                        streamed.append("retryable" if "service_unavailable" in text else text[-300:])
-                    else:
-                        streamed.append("ok")
+                    streamed.append(stream_outcome(response.status_code, response.read().decode()))
 
     try:
         wait_ready(url, timeout_s=300)

@@ -101,8 +101,11 @@ def _process(command: list[str], env: dict[str, str], name: str, port: int) -> I
 
 
 @contextlib.contextmanager
-def servefleet_server(model: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
-    """This stack: a local Ray cluster, the whole graph, one engine replica of the same model."""
+def servefleet_server(
+    model: str, max_model_len: int, max_num_seqs: int, *, stream: dict[str, float] | None = None
+) -> Iterator[tuple[str, str]]:
+    """This stack: a local Ray cluster, the whole graph, one engine replica of the same model. ``stream``
+    overrides the config's coalescing settings (``loadtests.cpu_split``)."""
     from cluster import local
     from serve_app import control
     from serve_app.config import load_config, parse_config
@@ -114,7 +117,10 @@ def servefleet_server(model: str, max_model_len: int, max_num_seqs: int) -> Iter
     variant = next(v for v in base.model_dump()["variants"] if v["name"] == "tiny-v1")
     variant.update(model=model, weight=100, max_ongoing_requests=max_num_seqs)
     variant["engine"].update(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
-    config = parse_config({"app_name": "bench", "server": {"port": port}, "variants": [variant]})
+    raw: dict[str, Any] = {"app_name": "bench", "server": {"port": port}, "variants": [variant]}
+    if stream is not None:
+        raw["stream"] = stream
+    config = parse_config(raw)
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
     state = local.start_head(port=free_port(), dashboard_port=free_port(), metrics_port=free_port())

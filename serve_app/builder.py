@@ -108,7 +108,15 @@ def build_app(config: ServeFleetConfig) -> Application:
     light_actor_options: dict[str, Any] = {**LIGHT_ACTOR_OPTIONS, "runtime_env": {"env_vars": _base_env()}}
     if config.pools.resources:
         light_actor_options["resources"] = dict(config.pools.resources)
-    light = {"max_ongoing_requests": LIGHT_MAX_ONGOING, "ray_actor_options": light_actor_options}
+    # A replica being replaced (deploy, rollback, scale-down) finishes what it holds before it stops; no request
+    # may outlive the proxy's request timeout, so that is also the longest a replica waits. Serve's default of 20 s
+    # cut long streams off mid-way, and on a loaded machine even short ones whose hops were slow.
+    drain_s = config.server.request_timeout_s
+    light = {
+        "max_ongoing_requests": LIGHT_MAX_ONGOING,
+        "ray_actor_options": light_actor_options,
+        "graceful_shutdown_timeout_s": drain_s,
+    }
     engines = {
         v.name: serve.deployment(
             _engine_class(v),
@@ -117,7 +125,7 @@ def build_app(config: ServeFleetConfig) -> Application:
             # An engine takes tens of seconds to start; give it time before Serve calls it unhealthy.
             health_check_period_s=10,
             health_check_timeout_s=30,
-            graceful_shutdown_timeout_s=30,
+            graceful_shutdown_timeout_s=drain_s,
             ray_actor_options={
                 "num_cpus": v.num_cpus,
                 "num_gpus": v.num_gpus,

@@ -231,7 +231,7 @@ class StreamConfig(BaseModel):
     model_config = _FROZEN
 
     coalesce_ms: float = Field(
-        default=100,
+        default=400,
         ge=0,
         description=(
             "Upper bound of the coalescing window: tokens arriving within it travel as one chunk. The first "
@@ -239,12 +239,12 @@ class StreamConfig(BaseModel):
         ),
     )
     coalesce_per_stream_ms: float = Field(
-        default=2,
+        default=10,
         ge=0,
         description=(
             "The window grows by this much per stream the replica is serving, so that its chunk rate (what "
             "costs CPU on every hop) stays about constant as concurrency rises: one stream gets near "
-            "token-by-token output, 64 streams get up to coalesce_ms."
+            "token-by-token output, 40 or more get coalesce_ms (README: Performance)."
         ),
     )
 

@@ -41,7 +41,9 @@ class RunningApp:
     metrics_port: int  # Ray's metrics agent, where Prometheus scrapes every replica's metrics
 
 
-@pytest.fixture(scope="session")
+# Package scope: the cluster (two vLLM engines that spin on a core each) goes away when the last integration
+# test ends, rather than loading the machine under the multi-node tests that run after it.
+@pytest.fixture(scope="package")
 def running_app() -> Iterator[RunningApp]:
     from cluster.local import ray_environment
 
@@ -82,13 +84,13 @@ def running_app() -> Iterator[RunningApp]:
         ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def http(running_app: RunningApp) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=running_app.url, timeout=120) as client:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def openai_client(running_app: RunningApp):
     from openai import OpenAI
 

@@ -30,7 +30,10 @@ def prometheus(running_app, tmp_path_factory) -> Iterator[str]:
     folder = Path(tmp_path_factory.mktemp("prometheus"))
     config = folder / "prometheus.yml"
     config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        # The scrape timeout cannot exceed the interval. One second left no slack for Ray's metrics agent on a
+        # loaded machine late in the suite, and a scrape that times out records nothing; on failure the test
+        # reports the targets' last errors and scrape durations.
+        "global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 2s}\n"
         "scrape_configs:\n"
         "  - job_name: ray\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{running_app.metrics_port}']}}]\n"
@@ -82,7 +85,11 @@ def wait_for(prometheus: str, promql: str, timeout_s: float = 90) -> list[dict]:
         if result:
             return result
         time.sleep(1)
-    pytest.fail(f"no data for {promql!r} within {timeout_s:.0f}s")
+    targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    health = [(t["scrapeUrl"], t["health"], t["lastError"], t["lastScrapeDuration"]) for t in targets]
+    names = httpx.get(f"{prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"]
+    ours = [name for name in names if name.startswith("ray_servefleet")]
+    pytest.fail(f"no data for {promql!r} within {timeout_s:.0f}s; targets {health}; servefleet metrics {ours}")
 
 
 def test_request_engine_and_routing_metrics_reach_prometheus(running_app, http, prometheus):

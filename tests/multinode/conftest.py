@@ -95,6 +95,11 @@ def cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
 
 
 def stop_and_clean(state_file: Path) -> None:
-    """Stop a test's cluster and drop its Ray temp dir (one per state file, so one per test run)."""
+    """Stop a test's cluster and drop its Ray temp dir (one per state file, so one per test run), keeping Serve's
+    logs beside the state file (pytest keeps its last three runs' temp folders) for whoever reads a failure."""
     multinode.stop(state_file=state_file)
-    shutil.rmtree(multinode.temp_dir_for(state_file), ignore_errors=True)
+    temp_dir = multinode.temp_dir_for(state_file)
+    serve_logs = temp_dir / "session_latest" / "logs" / "serve"
+    if serve_logs.is_dir():
+        shutil.copytree(serve_logs, state_file.parent / "serve-logs", dirs_exist_ok=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -132,3 +132,18 @@ def test_light_pools_refuse_the_engine_only_policy() -> None:
             },
             environ={},
         )
+
+
+def test_every_replica_drains_its_requests_for_as_long_as_a_request_may_last() -> None:
+    config = parse_config(
+        {
+            "server": {"request_timeout_s": 120},
+            "limits": {"request_timeout_s": 100},
+            "variants": [{"name": "a", "weight": 100, **SIM}],
+        },
+        environ={},
+    )
+    built = deployments(config)
+    assert set(built) >= {"ingress", "router", "preprocess", "postprocess", "engine-a"}
+    for name, deployment in built.items():
+        assert deployment._deployment_config.graceful_shutdown_timeout_s == 120, name

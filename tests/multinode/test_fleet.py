@@ -144,7 +144,7 @@ def sim_a_body(index: int, max_tokens: int) -> dict[str, Any]:
 def test_engine_pool_scales_up_on_queued_requests_and_back_down_when_idle(fleet: Fleet) -> None:
     assert counts(fleet.state, APP)["engine-sim-a"] == (1, 1)
     load = BackgroundLoad(
-        fleet.url, users=12, duration_s=100, max_requests=5000, max_tokens=48, request_timeout_s=30, body=sim_a_body
+        fleet.url, users=12, duration_s=190, max_requests=9000, max_tokens=48, request_timeout_s=30, body=sim_a_body
     )
     peaks = {"engine-sim-a": 0, "preprocess": 0}
 
@@ -157,7 +157,9 @@ def test_engine_pool_scales_up_on_queued_requests_and_back_down_when_idle(fleet:
     with load:
         # 12 streams into a batch of 2: ~10 requests wait in the engine's queue. Requests per replica (12) are
         # nowhere near the target of 1000, so only the engine signal can add replicas.
-        wait_for(lambda: f"engine-sim-a at 3 replicas and preprocess at 2 (peaks: {peaks})", scaled_up, timeout_s=90)
+        # 180 s: alone this takes well under a minute, but in two full-suite runs on a slow VM it did not happen
+        # within 90 s (the load stops as soon as the replicas are there).
+        wait_for(lambda: f"engine-sim-a at 3 replicas and preprocess at 2 (peaks: {peaks})", scaled_up, timeout_s=180)
         spread = placement(fleet.state)["engine-sim-a"]
     records = load.records
     assert len(set(spread)) >= 2, spread  # the new replicas were spread over worker nodes too

@@ -159,12 +159,16 @@ async def run_level(url: str, model: str, concurrency: int, duration_s: float, m
     return samples
 
 
+def warm_up(url: str, model: str) -> None:
+    """First requests pay for lazy initialisation on every path; a short load before measuring absorbs it."""
+    asyncio.run(run_level(url, model, 4, 3, 16))
+
+
 def measure(
     target: str, url: str, model: str, levels: list[int], duration_s: float, max_tokens: int
 ) -> list[LevelResult]:
     results = []
-    # Warm-up: first requests pay for lazy initialisation on every path; they are not counted.
-    asyncio.run(run_level(url, model, 4, 3, 16))
+    warm_up(url, model)
     for concurrency in levels:
         started = time.perf_counter()
         samples = asyncio.run(run_level(url, model, concurrency, duration_s, max_tokens))

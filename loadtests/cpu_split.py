@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psutil
 
+from deployments.cpu_affinity import pin_thread_group
 from loadtests import bench, bench_servers
-from loadtests.soak_processes import ProcessInfo, label_processes
+from loadtests.soak_memory import process_info
+from loadtests.soak_processes import label_processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +42,12 @@ def snapshot() -> dict[int, ProcessTime]:
     """CPU seconds (user + system) of every process this user can read, by pid, named as the soak names them
     (``bench/ingress``, ``serve proxy``, ``bench/engine-tiny-v1 > vllm Worker``, ...)."""
     infos, cpu_s = [], {}
-    for proc in psutil.process_iter(["ppid", "name", "cmdline"]):
+    for proc in psutil.process_iter():
         try:
             cpu = proc.cpu_times()
+            infos.append(process_info(proc))
         except psutil.Error:
             continue
-        infos.append(
-            ProcessInfo(proc.pid, proc.info["ppid"] or 0, proc.info["name"] or "", tuple(proc.info["cmdline"] or ()))
-        )
         cpu_s[proc.pid] = cpu.user + cpu.system
     return {pid: ProcessTime(label, cpu_s[pid]) for pid, label in label_processes(infos).items()}
 
@@ -72,16 +72,12 @@ def _pin(cpus: set[int]) -> int:
         cmdline = " ".join(proc.info["cmdline"] or [])
         if cmdline.startswith("VLLM::") or not re.search(r"\bray\b|ray::|raylet|gcs_server", cmdline):
             continue
-        try:
-            for thread in proc.threads():
-                os.sched_setaffinity(thread.id, cpus)
-        except (psutil.Error, OSError):
-            continue
-        pinned += 1
+        with contextlib.suppress(OSError):
+            pinned += pin_thread_group(proc.pid, cpus) > 0
     return pinned
 
 
-@contextmanager
+@contextlib.contextmanager
 def _stack(args: argparse.Namespace, model_path: str) -> Iterator[str]:
     """The stack as ``servefleet bench`` starts it, with this run's changes; yields the URL to load."""
     direct_port = None
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_path = str(model_builder.build_model("tiny-v1"))
     with _stack(args, model_path) as url:
-        asyncio.run(bench.run_level(url, "tiny", 4, 3, 16))  # warm-up, not counted
+        bench.warm_up(url, "tiny")
         for streams in args.levels:
             before, started = snapshot(), time.perf_counter()
             samples = asyncio.run(bench.run_level(url, "tiny", streams, args.duration, args.max_tokens))

@@ -70,7 +70,8 @@ def tree_members(root: int) -> list[int]:
     return []
 
 
-def _info(process: psutil.Process) -> ProcessInfo:
+def process_info(process: psutil.Process) -> ProcessInfo:
+    """What ``label_processes`` needs to know of a live process (raises ``psutil.Error`` if it is gone)."""
     return ProcessInfo(process.pid, process.ppid(), process.name(), tuple(process.cmdline()))
 
 
@@ -86,7 +87,7 @@ def sweep(pids: Iterable[int], t_s: float) -> list[MemorySample]:
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue
             full = process.memory_full_info()
-            infos.append(_info(process))
+            infos.append(process_info(process))
             memory[pid] = (full.rss, full.uss, getattr(full, "pss", full.uss))
     labels = label_processes(infos)
     return [MemorySample(t_s, pid, labels[pid], *memory[pid]) for pid in sorted(memory) if pid in labels]

@@ -41,8 +41,8 @@ class RunningApp:
     metrics_port: int  # Ray's metrics agent, where Prometheus scrapes every replica's metrics
 
 
-# Package scope: the cluster (two vLLM engines that spin on a core each) goes away when the last integration
-# test ends, rather than loading the machine under the multi-node tests that run after it.
+# Package scope: the cluster (two vLLM engines and the extra apps the tests deploy on it) goes away when the
+# last integration test ends, rather than loading the machine under the multi-node tests that run after it.
 @pytest.fixture(scope="package")
 def running_app() -> Iterator[RunningApp]:
     from cluster.local import ray_environment

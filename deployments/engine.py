@@ -11,6 +11,7 @@ one replica simply become concurrent sequences in the engine's batch, and the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from deployments.coalesce import coalesce_window_s
+from deployments.coalesce import coalesce_window_s, coalesced_chunks, collected
 from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest, SamplingSpec
 from serve_app.config import StreamConfig, VariantConfig
 from serve_app.errors import EngineDead, InvalidRequest
@@ -148,40 +149,21 @@ class EngineReplica:
         If the caller goes away, Serve cancels this generator; vLLM's ``generate`` aborts the engine request
         on cancellation, freeing its batch slot and KV cache.
         """
-        texts: list[str] = []
-        tokens = 0
-        last_sent = 0.0
-        # Until some text has gone out, every output is sent at once: a first token that decodes to nothing
-        # (part of a multi-byte character) must not hold the first visible text for a whole window.
-        shown = False
         per_stream_ms, max_ms = self._stream.coalesce_per_stream_ms, self._stream.coalesce_ms
         self._active_streams += 1
         try:
-            async for text, num_tokens, finish in self._outputs(request):
-                texts.append(text)
-                tokens += num_tokens
-                now = time.monotonic()
-                window_s = coalesce_window_s(self._active_streams, per_stream_ms, max_ms)
-                if finish is not None or not shown or now - last_sent >= window_s:
-                    chunk = EngineChunk("".join(texts), tokens, finish)
+            chunks = coalesced_chunks(
+                self._outputs(request), lambda: coalesce_window_s(self._active_streams, per_stream_ms, max_ms)
+            )
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
                     yield chunk
-                    shown = shown or bool(chunk.text)
-                    texts.clear()
-                    tokens = 0
-                    last_sent = now
         finally:
             self._active_streams -= 1
 
     async def generate(self, request: PreparedRequest) -> EngineResult:
         """Run a request to completion and return the whole output."""
-        texts: list[str] = []
-        tokens = 0
-        finish: str | None = None
-        async for text, num_tokens, reason in self._outputs(request):
-            texts.append(text)
-            tokens += num_tokens
-            finish = reason
-        return EngineResult("".join(texts), tokens, finish)
+        return await collected(self._outputs(request))
 
     def _signals(self) -> dict[str, float]:
         # The scheduler's last report goes stale when the engine falls idle; idle means nothing waits or runs,

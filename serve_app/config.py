@@ -269,6 +269,15 @@ class DriftConfig(BaseModel):
     report_every: int = Field(default=50, ge=1, description="Update the drift gauges every this many prompts.")
 
 
+class FeedbackConfig(BaseModel):
+    model_config = _FROZEN
+
+    path: str | None = Field(
+        default=None,
+        description="SQLite file that POST /v1/feedback writes (default: <cache>/feedback/feedback.sqlite3).",
+    )
+
+
 class ServeFleetConfig(BaseModel):
     """The whole app: variants, routing, server, streaming."""
 
@@ -293,6 +302,7 @@ class ServeFleetConfig(BaseModel):
         default=None, description="Canary rollout of a candidate against a baseline, with automatic rollback."
     )
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Input drift monitoring per variant.")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Where user ratings are kept.")
     log_text: bool = Field(
         default=False, description="Put prompt and output text in the JSON logs (off: they may hold user data)."
     )

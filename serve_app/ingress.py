@@ -431,7 +431,7 @@ class Ingress:
         except ServeFleetError as error:
             return error_response(error, {})
         if self._feedback is None:
-            self._feedback = FeedbackStore()
+            self._feedback = FeedbackStore(self._config.feedback.path)
         first = await asyncio.to_thread(self._feedback.record, body.request_id, body.variant, body.score, body.comment)
         if first:
             self._feedback_metrics.observe_feedback(body.variant, body.score)
@@ -455,7 +455,7 @@ class Ingress:
             rollout = await asyncio.wait_for(self._rollout.status.remote(), timeout=10)
             weights = await asyncio.wait_for(self._rollout.weights.remote(), timeout=10)
         if self._feedback is None:
-            self._feedback = FeedbackStore()
+            self._feedback = FeedbackStore(self._config.feedback.path)
         feedback = await asyncio.to_thread(self._feedback.summary)
         variants = [
             {

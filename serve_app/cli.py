@@ -138,7 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     control.connect(state.address, node_ip=state.node_ip if attached else None)
     status = control.app_status(config.app_name)
-    print(f"cluster {state.address}, app {config.app_name}: {status.status if status else 'not deployed'}")
+    shown = status.status if status else "not deployed"
+    print(f"cluster {state.address} (frontend {state.frontend}), app {config.app_name}: {shown}")
     if status is not None:
         for deployment in status.deployments:
             replicas = ", ".join(f"{k.lower()}={v}" for k, v in deployment.replicas.items()) or "none"

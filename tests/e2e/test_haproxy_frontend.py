@@ -70,6 +70,8 @@ def test_haproxy_frontend_serves_the_openai_client_and_stops_cleanly(tmp_path: P
         assert state["frontend"] == "haproxy"
         assert haproxy_processes(marker), "no HAProxy of this cluster is running"
         assert listener(port) == "haproxy"  # the API port is HAProxy's, not Serve's Python proxy's
+        status = servefleet("status", "--config", str(config), env=env, timeout=120)
+        assert status.returncode == 0 and "(frontend haproxy)" in status.stdout, status.stdout + status.stderr
 
         from openai import OpenAI
 

@@ -258,7 +258,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_soak_arguments_are_bounded() -> None:
     assert bounds_problem(_args()) is None
-    assert _args().duration == 600 and _args().warmup == 120 and _args().interval == 10
+    assert _args().duration == 1200 and _args().warmup == 600 and _args().interval == 10
     assert bounds_problem(_args("--duration", "90", "--warmup", "20", "--interval", "5")) is None
     assert bounds_problem(_args("--duration", "7200")) is not None
     assert bounds_problem(_args("--duration", "100", "--warmup", "100")) is not None

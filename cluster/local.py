@@ -70,6 +70,13 @@ def haproxy_environment(temp_dir: str) -> dict[str, str]:
     }
 
 
+def export_frontend_environment(state: ClusterState) -> None:
+    """Give this process the cluster's frontend settings before it deploys: Ray Serve reads them wherever it
+    is imported, the deploying driver included."""
+    if state.frontend == "haproxy":
+        os.environ.update(haproxy_environment(state.temp_dir))
+
+
 def ray_temp_dir() -> Path:
     """Ray's temp dir holds unix sockets whose paths must stay under ~107 bytes, so it cannot live in a deep
     checkout; a short folder under the system temp dir, keyed by the cache folder, keeps runs apart."""
@@ -245,7 +252,8 @@ def stop(timeout_s: float = 10) -> bool:
         # Whatever ignored SIGTERM (a stuck worker, an engine subprocess) goes now.
         _kill_group(state.pid, signal.SIGKILL)
         _wait_group(state.pid, 10)
-    kill_haproxy(state.temp_dir)
+    if state.frontend == "haproxy":
+        kill_haproxy(state.temp_dir)
     _state_path().unlink(missing_ok=True)
     return True
 

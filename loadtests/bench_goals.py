@@ -60,12 +60,6 @@ DEFAULT_GOALS: tuple[Goal, ...] = (
     Goal("servefleet", "ray-serve-llm", 32, "throughput_ratio", 2.0),
     Goal("servefleet", "ray-serve-llm", 64, "throughput_ratio", 2.0),
     Goal("servefleet", "vllm", 1, "ttft_added_ms", 20.0),
-    # The same stack with server.frontend: haproxy (an opt-in; README: Performance), held to the same bar.
-    Goal("servefleet-haproxy", "vllm", 32, "throughput_ratio", 0.9),
-    Goal("servefleet-haproxy", "vllm", 64, "throughput_ratio", 0.9),
-    Goal("servefleet-haproxy", "ray-serve-llm", 32, "throughput_ratio", 2.0),
-    Goal("servefleet-haproxy", "ray-serve-llm", 64, "throughput_ratio", 2.0),
-    Goal("servefleet-haproxy", "vllm", 1, "ttft_added_ms", 20.0),
 )
 
 

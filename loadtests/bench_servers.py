@@ -2,8 +2,9 @@
 yields ``(base_url, served_model_name)`` and stops it (and everything it started) on exit.
 
 - ``vllm``: vLLM's own OpenAI server, the reference.
-- ``servefleet``: this stack, the whole graph on a local Ray cluster.
-- ``servefleet-haproxy``: the same with ``server.frontend: haproxy`` (Ray Serve's HAProxy mode).
+- ``servefleet``: this stack as the default config runs it, the whole graph on a local Ray cluster behind
+  Ray Serve's HAProxy mode (``server.frontend: auto``).
+- ``servefleet-ray-proxy``: the same behind Ray Serve's Python proxy (``server.frontend: ray-proxy``).
 - ``ray-serve-llm``: Ray's own ``ray.serve.llm.build_openai_app`` on the CPU.
 - ``naive``: FastAPI around Hugging Face ``generate`` (``loadtests.naive_server``), what a user might write.
 
@@ -132,7 +133,7 @@ def servefleet_server(
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
     state = local.start_head(
-        port=free_port(), dashboard_port=free_port(), metrics_port=free_port(), frontend=config.server.frontend
+        port=free_port(), dashboard_port=free_port(), metrics_port=free_port(), frontend=config.frontends()[0]
     )
     saved = dict(os.environ)
     local.export_frontend_environment(state)
@@ -205,7 +206,7 @@ ServerFactory = Callable[[str, int, int], contextlib.AbstractContextManager[tupl
 TARGETS: dict[str, ServerFactory] = {
     "vllm": vllm_server,
     "servefleet": servefleet_server,
-    "servefleet-haproxy": functools.partial(servefleet_server, frontend="haproxy"),
+    "servefleet-ray-proxy": functools.partial(servefleet_server, frontend="ray-proxy"),
     "ray-serve-llm": ray_serve_llm_server,
     "naive": naive_server,
 }

@@ -2,7 +2,7 @@
 
     python -m loadtests.cpu_split --levels 32 64 --duration 15
     python -m loadtests.cpu_split --direct-ingress              # Ray's direct ingress: no HTTP proxy hop
-    python -m loadtests.cpu_split --haproxy                     # server.frontend: haproxy (Ray's HAProxy mode)
+    python -m loadtests.cpu_split --frontend ray-proxy          # server.frontend (default: the config's, auto)
     python -m loadtests.cpu_split --coalesce 10 400             # coalesce_per_stream_ms, coalesce_ms
     python -m loadtests.cpu_split --pin-serving 1               # every Ray process on CPU 1, vLLM alone on 0
 
@@ -92,11 +92,10 @@ def _stack(args: argparse.Namespace, model_path: str) -> Iterator[str]:
     stream = None
     if args.coalesce is not None:
         stream = {"coalesce_per_stream_ms": args.coalesce[0], "coalesce_ms": args.coalesce[1]}
-    frontend = "haproxy" if args.haproxy else None
-    with bench_servers.servefleet_server(model_path, 1024, max(64, *args.levels), stream=stream, frontend=frontend) as (
-        url,
-        _,
-    ):
+    # Direct ingress alone bypasses Ray's Python proxy, so it is measured with that proxy started, not HAProxy.
+    frontend = "ray-proxy" if args.direct_ingress else args.frontend
+    levels = max(64, *args.levels)
+    with bench_servers.servefleet_server(model_path, 1024, levels, stream=stream, frontend=frontend) as (url, _):
         if direct_port is not None:
             url = f"http://127.0.0.1:{direct_port}"
             bench_servers.wait_http(url, "/readyz", 120)
@@ -114,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=15, help="seconds per level (15, max 120)")
     parser.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (128)")
     parser.add_argument("--direct-ingress", action="store_true", help="Ray Serve's direct ingress, no proxy")
-    parser.add_argument("--haproxy", action="store_true", help="Ray Serve's HAProxy front end, no Python proxy")
+    parser.add_argument("--frontend", choices=["auto", "haproxy", "ray-proxy"], help="server.frontend (config's)")
     parser.add_argument("--coalesce", nargs=2, type=float, metavar=("PER_STREAM_MS", "MAX_MS"), help="window")
     parser.add_argument("--pin-serving", nargs="+", type=int, metavar="CPU", help="pin Ray's processes here")
 

@@ -53,11 +53,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     # A running `servefleet cluster up` (or --address) is deployed onto; otherwise a local head is started.
     attached = attach(args.address)
     already = attached or local.running_cluster()
-    frontend = config.server.frontend
-    if frontend == "haproxy" and attached:
-        print("server.frontend haproxy is for a single-node cluster (servefleet up alone)", file=sys.stderr)
+    frontend = config.frontends()[0]
+    if config.server.frontend == "haproxy" and attached:
+        print(
+            "server.frontend haproxy is for a single-node cluster (servefleet up alone); "
+            "set server.frontend: ray-proxy (or auto) to deploy onto this one",
+            file=sys.stderr,
+        )
         return 2
-    if already is not None and (problem := _frontend_mismatch(already.frontend, frontend)) is not None:
+    if already is not None and (problem := _frontend_mismatch(already.frontend, config)) is not None:
         print(problem, file=sys.stderr)
         return 2
     state = attached or local.start_head(
@@ -154,11 +158,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if response.status_code == 200 else 1
 
 
-def _frontend_mismatch(running: str, wanted: str) -> str | None:
-    if running == wanted:
+def _frontend_mismatch(running: str, config: ServeFleetConfig) -> str | None:
+    if running in config.frontends():
         return None
     return (
-        f"the running cluster was started for server.frontend {running!r}, the config asks for {wanted!r}; "
+        f"the running cluster was started for server.frontend {running!r}, the config allows "
+        f"{' or '.join(repr(f) for f in config.frontends())} (server.frontend {config.server.frontend!r}); "
         "Ray reads it only at start-up: servefleet down, then up again"
     )
 
@@ -173,7 +178,7 @@ def _deploy_running(config: ServeFleetConfig, timeout_s: float) -> int:
     if state is None:
         print("no local cluster is running (start one with: servefleet up)", file=sys.stderr)
         return 1
-    if (problem := _frontend_mismatch(state.frontend, config.server.frontend)) is not None:
+    if (problem := _frontend_mismatch(state.frontend, config)) is not None:
         print(problem, file=sys.stderr)
         return 2
     local.export_frontend_environment(state)

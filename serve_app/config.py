@@ -225,13 +225,15 @@ class ServerConfig(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address the HTTP proxy binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP proxy listens on.")
     request_timeout_s: float = Field(default=300, gt=0, description="Whole-request timeout in the HTTP proxy.")
-    frontend: Literal["ray-proxy", "haproxy"] = Field(
-        default="ray-proxy",
+    frontend: Literal["auto", "haproxy", "ray-proxy"] = Field(
+        default="auto",
         description=(
-            "What takes HTTP on host:port. ray-proxy: Ray Serve's Python proxy, which hands each request and "
-            "every streamed chunk to the ingress replica over Ray. haproxy: Ray Serve's HAProxy mode, which "
-            "forwards the connection to the ingress replica's own HTTP server (fewer hops, less CPU; README: "
-            "Performance). Fixed when the Ray cluster starts; single-node clusters only."
+            "What takes HTTP on host:port. haproxy: Ray Serve's HAProxy mode, which forwards the connection to "
+            "the ingress replica's own HTTP server (fewer hops, less CPU; README: Performance); single-node "
+            "clusters only. ray-proxy: Ray Serve's Python proxy, which hands each request and every streamed "
+            "chunk to the ingress replica over Ray. auto: haproxy on a cluster that servefleet up starts alone, "
+            "unless the API is exposed off loopback without auth; ray-proxy otherwise. Fixed when the Ray "
+            "cluster starts."
         ),
     )
 
@@ -316,6 +318,17 @@ class ServeFleetConfig(BaseModel):
         default=False, description="Put prompt and output text in the JSON logs (off: they may hold user data)."
     )
 
+    def _exposed_without_auth(self) -> bool:
+        return not self.auth.enabled and not is_loopback(self.server.host)
+
+    def frontends(self) -> tuple[str, ...]:
+        """The frontends this config may run behind, the one to start a cluster with first. ``auto`` prefers
+        HAProxy, except with the API exposed off loopback without auth: behind HAProxy every client reaches
+        the ingress from loopback, and admin routes could not refuse remote callers."""
+        if self.server.frontend != "auto":
+            return (self.server.frontend,)
+        return ("ray-proxy",) if self._exposed_without_auth() else ("haproxy", "ray-proxy")
+
     @model_validator(mode="after")
     def _cross_field(self) -> ServeFleetConfig:
         names = [v.name for v in self.variants]
@@ -334,7 +347,7 @@ class ServeFleetConfig(BaseModel):
         ):
             if name and name not in names:
                 raise ValueError(f"{section} names unknown variant {name!r} (known: {', '.join(names)})")
-        if self.server.frontend == "haproxy" and not self.auth.enabled and not is_loopback(self.server.host):
+        if self.server.frontend == "haproxy" and self._exposed_without_auth():
             # Behind HAProxy every client reaches the ingress from HAProxy's own (loopback) address, so the
             # loopback-only rule for admin routes cannot tell a remote client from a local one.
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The README's serve path as a user runs it: `servefleet up --detach`, `status`, a request, `down`.
+"""The README's serve path as a user runs it: `servefleet up --detach`, `status`, requests, `deploy`,
+`rollback`, `down`, with the default frontend (Ray Serve's HAProxy mode on this single-node cluster).
 
 Runs in its own cache folder (its own models, Ray temp dir and state file) and on its own ports, before the
 integration tests' shared cluster starts (pytest collects tests/e2e first), so the two never overlap.
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -37,6 +39,25 @@ def servefleet(*args: str, env: dict[str, str], timeout: float = 600) -> subproc
 
 def group_alive(pgid: int) -> bool:
     return bool(live_group_members(pgid))
+
+
+def haproxy_processes(marker: str) -> list[psutil.Process]:
+    """The HAProxy processes whose command line names a file under ``marker`` (a cluster's HAProxy folder)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "haproxy" and any(marker in arg for arg in cmdline):
+            found.append(process)
+    return found
+
+
+def listening(pids: set[int]) -> dict[int, set[str]]:
+    """Port -> the addresses these processes listen on."""
+    ports: dict[int, set[str]] = {}
+    for connection in psutil.net_connections(kind="inet"):
+        if connection.status == psutil.CONN_LISTEN and connection.pid in pids:
+            ports.setdefault(connection.laddr.port, set()).add(connection.laddr.ip)
+    return ports
 
 
 def test_up_status_request_down(tmp_path: Path):
@@ -75,17 +96,26 @@ def test_up_status_request_down(tmp_path: Path):
         env=env,
     )
     state_file = cache / "state" / "cluster.json"
-    pid = json.loads(state_file.read_text())["pid"] if state_file.exists() else None
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    pid = state.get("pid")
+    marker = str(Path(state.get("temp_dir", "/nonexistent")) / "haproxy") + os.sep
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{port}/v1" in up.stdout
         assert "curl" in up.stdout
         assert (cache / "models" / "tiny-v1" / "model.safetensors").exists()
 
+        # The default frontend here is Ray Serve's HAProxy: it holds the API port, and everything it listens
+        # on (the API, its Prometheus exporter and its stats page) is on loopback only.
+        assert state["frontend"] == "haproxy"
+        ports = listening({p.pid for p in haproxy_processes(marker)})
+        assert port in ports and {9101, 8404} <= set(ports), ports
+        assert all(addresses == {"127.0.0.1"} for addresses in ports.values()), ports
+
         status = servefleet("status", "--config", str(config), "--port", str(port), env=env, timeout=120)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "engine-tiny-v1" in status.stdout and "HEALTHY" in status.stdout
-        assert "running=1" in status.stdout
+        assert "running=1" in status.stdout and "(frontend haproxy)" in status.stdout
 
         from openai import OpenAI
 
@@ -113,16 +143,27 @@ def test_up_status_request_down(tmp_path: Path):
         assert again.usage.completion_tokens == 3
         nothing_left = servefleet("rollback", env=env, timeout=120)
         assert nothing_left.returncode == 1 and "nothing to roll back" in nothing_left.stderr
+
+        # The frontend is fixed when the cluster starts: a config that names Ray's proxy is refused, not
+        # half-applied.
+        other = tmp_path / "ray-proxy.yaml"
+        other.write_text(yaml.safe_dump({**data, "server": {"port": port, "frontend": "ray-proxy"}}))
+        refused = servefleet("deploy", str(other), env=env, timeout=120)
+        assert refused.returncode == 2 and "server.frontend" in refused.stderr
     finally:
         started = time.monotonic()
         down = servefleet("down", env=env, timeout=120)
         down_s = time.monotonic() - started
         if pid is not None and group_alive(pid):
             os.killpg(pid, signal.SIGKILL)  # never leave a cluster behind, even when the test failed
+        left = haproxy_processes(marker)
+        for process in left:
+            process.kill()
     assert down.returncode == 0 and "stopped" in down.stdout
     print(f"servefleet down took {down_s:.1f}s")
     assert pid is not None and not group_alive(pid), "servefleet down left processes of its cluster running"
     assert not state_file.exists()
+    assert not left, "servefleet down left HAProxy running"
     again = servefleet("down", env=env, timeout=60)
     assert "no local cluster" in again.stdout
 

@@ -45,9 +45,11 @@ class RunningApp:
 # last integration test ends, rather than loading the machine under the multi-node tests that run after it.
 @pytest.fixture(scope="package")
 def running_app() -> Iterator[RunningApp]:
+    from cluster import haproxy
     from cluster.local import ray_environment
 
     os.environ.update(ray_environment())
+    saved = dict(os.environ)
     # Replicas push their metrics to the agent every second instead of every ten, so scrapes see them soon.
     os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray reads this exact name
     import ray
@@ -59,12 +61,18 @@ def running_app() -> Iterator[RunningApp]:
     port = free_port()
     metrics_port = free_port()
     config = load_config(overrides={"server": {"port": port}, "app_name": "servefleet-test"})
+    # The frontend `servefleet up` gives this config (HAProxy for the default), set before Ray starts its processes.
+    frontend = config.frontends()[0]
+    temp_dir = os.environ["RAY_TMPDIR"]
+    if frontend == "haproxy":
+        os.environ.update(haproxy.environment(temp_dir))
+        haproxy.write_wrapper(temp_dir)
     ray.init(
         address="local",
         num_cpus=4,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        _temp_dir=os.environ["RAY_TMPDIR"],
+        _temp_dir=temp_dir,
         namespace="servefleet",
         logging_level="WARNING",
         log_to_driver=False,
@@ -76,12 +84,16 @@ def running_app() -> Iterator[RunningApp]:
         serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, timeout_s=600)
-        print(f"\n[integration] graph ready in {time.monotonic() - started:.1f}s at {url}")
+        print(f"\n[integration] graph ready in {time.monotonic() - started:.1f}s at {url} (frontend {frontend})")
         address = ray.get_runtime_context().gcs_address
         yield RunningApp(config=config, url=url, address=address, metrics_port=metrics_port)
     finally:
         serve.shutdown()
         ray.shutdown()
+        haproxy.kill(temp_dir)  # Ray starts it outside the processes that ray.shutdown stops
+        # The clusters that later test packages start take their settings from this environment.
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="package")

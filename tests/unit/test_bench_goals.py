@@ -18,7 +18,6 @@ def _run(servefleet_tps: float, ttft_added: float) -> list[Level]:
             Level("vllm", streams, 1000.0, 20.0),
             Level("ray-serve-llm", streams, 300.0, 90.0),
             Level("servefleet", streams, servefleet_tps, 20.0 + ttft_added),
-            Level("servefleet-haproxy", streams, servefleet_tps, 20.0 + ttft_added),
         ]
     return rows
 
@@ -53,11 +52,3 @@ def test_a_baseline_that_did_not_run_is_not_measured_never_met() -> None:
 def test_custom_goal_bounds() -> None:
     goal = Goal("servefleet", "vllm", 32, "throughput_ratio", 0.95)
     assert judge(_run(940, 0), [goal])[0].met is False
-
-
-def test_the_haproxy_frontend_is_judged_on_its_own_row() -> None:
-    results = [r for r in _run(950, 10) if r.target != "servefleet-haproxy"]
-    results += [Level("servefleet-haproxy", n, 500.0, 20.0) for n in (1, 32, 64)]
-    verdicts = {(v.goal.target, v.goal.baseline, v.goal.concurrency): v for v in judge(results)}
-    assert verdicts[("servefleet", "vllm", 32)].met is True
-    assert verdicts[("servefleet-haproxy", "vllm", 32)].met is False

@@ -145,6 +145,23 @@ def test_haproxy_frontend_on_the_network_needs_auth():
         parse_config(minimal(server={"frontend": "haproxy", "host": "0.0.0.0"}), environ={})
 
 
+def test_the_default_frontend_prefers_haproxy_and_accepts_a_ray_proxy_cluster():
+    assert parse_config(minimal(), environ={}).frontends() == ("haproxy", "ray-proxy")
+    assert load_config().frontends() == ("haproxy", "ray-proxy")
+
+
+def test_the_default_frontend_keeps_rays_proxy_for_an_api_exposed_without_auth():
+    config = parse_config(minimal(server={"host": "0.0.0.0"}), environ={})
+    assert config.frontends() == ("ray-proxy",)
+    authed = config.model_copy(update={"auth": config.auth.model_copy(update={"enabled": True})})
+    assert authed.frontends() == ("haproxy", "ray-proxy")
+
+
+@pytest.mark.parametrize("frontend", ["haproxy", "ray-proxy"])
+def test_a_named_frontend_is_the_only_one(frontend: str):
+    assert parse_config(minimal(server={"frontend": frontend}), environ={}).frontends() == (frontend,)
+
+
 def test_an_unknown_frontend_is_named():
     with pytest.raises(ConfigError, match=r"server\.frontend"):
         parse_config(minimal(server={"frontend": "nginx"}), environ={})

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cluster import haproxy
+from deployments.cpu_affinity import born_on
 from serve_app.paths import cache_dir, logs_dir, state_dir
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ClusterState:
     started_at: float
     metrics_port: int | None = None  # Ray's metrics agent: Prometheus scrapes every app metric here
     frontend: str = "ray-proxy"  # server.frontend the cluster was started for; fixed for its lifetime
+    serving_cpus: list[int] | None = None  # where Ray's processes run (the engines' CPUs left out); None: anywhere
 
 
 def _state_path() -> Path:
@@ -133,10 +135,13 @@ def start_head(
     metrics_port: int = 8080,
     num_cpus: int | None = None,
     frontend: str = "ray-proxy",
+    serving_cpus: set[int] | None = None,
     timeout_s: float = 60,
 ) -> ClusterState:
     """Start a Ray head on loopback and wait until its GCS answers. ``frontend="haproxy"`` starts it with Ray
-    Serve's HAProxy mode (cluster/haproxy.py), which Ray reads only when its processes start."""
+    Serve's HAProxy mode (cluster/haproxy.py), which Ray reads only when its processes start. ``serving_cpus``
+    confines every process of the cluster to those CPUs (they inherit the head's mask), except the engines,
+    which their replicas start on ``engine.cpu_affinity`` (deployments/cpu_affinity.py)."""
     existing = running_cluster()
     if existing is not None:
         return existing
@@ -168,7 +173,7 @@ def start_head(
         f"--metrics-export-port={metrics_port}",
         "--disable-usage-stats",
     ]
-    with open(log_file, "ab") as log:
+    with open(log_file, "ab") as log, born_on(serving_cpus):
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cache_dir()
         )
@@ -183,6 +188,7 @@ def start_head(
         started_at=time.time(),
         metrics_port=metrics_port,
         frontend=frontend,
+        serving_cpus=sorted(serving_cpus) if serving_cpus else None,
     )
     deadline = time.monotonic() + timeout_s
     while not _port_open(node_ip, port):

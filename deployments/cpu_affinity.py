@@ -1,15 +1,18 @@
 """Pin a process tree to a set of CPUs, every thread of it.
 
-Used by the engine replica to keep vLLM's engine-core and worker processes on the cores given to the engine.
+Used by the engine replica to keep vLLM's engine-core and worker processes on the cores given to the engine,
+while `servefleet up` keeps Ray and the serving path on the others (``serving_cpus``).
 ``os.sched_setaffinity(pid)`` pins one thread only (the one whose id is ``pid``), so each thread under
-``/proc/PID/task`` is pinned; threads started later inherit the mask of the thread that starts them.
+``/proc/PID/task`` is pinned; threads and processes started later inherit the mask of the thread that starts
+them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import psutil
 
@@ -17,8 +20,36 @@ logger = logging.getLogger(__name__)
 
 
 def usable_cpus(wanted: Iterable[int]) -> set[int]:
-    """The requested CPU ids that this process may run on; an empty answer means the config is wrong here."""
-    return set(wanted) & os.sched_getaffinity(0)
+    """The requested CPU ids that this machine has; an empty answer means the config is wrong here. Not this
+    process's own mask: the replica runs on the serving CPUs, the engine on others."""
+    return set(wanted) & set(range(os.cpu_count() or 1))
+
+
+def serving_cpus(engine_cpus: Iterable[int], available: Iterable[int]) -> set[int] | None:
+    """The CPUs for everything but the engines (Ray, the serving path, HAProxy): the ``available`` ones no
+    engine is pinned to. None, leave placement to the OS, when no engine is pinned or they take every CPU."""
+    pinned = set(engine_cpus)
+    rest = set(available) - pinned
+    return rest if pinned and rest else None
+
+
+@contextlib.contextmanager
+def born_on(cpus: Iterable[int] | None) -> Iterator[None]:
+    """Processes this thread starts inside the block begin life on ``cpus`` (a child inherits the mask of the
+    thread that forks it), so vLLM's engine processes never run on the serving CPUs, not even while they load.
+    None does nothing."""
+    if cpus is None:
+        yield
+        return
+    allowed = usable_cpus(cpus)
+    if not allowed:
+        raise ValueError(f"cpu_affinity {sorted(set(cpus))} names no CPU this machine has")
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, allowed)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def pin_thread_group(pid: int, cpus: set[int]) -> int:
@@ -43,7 +74,7 @@ def pin_children(cpus: Iterable[int]) -> list[int]:
     wanted = sorted(set(cpus))
     allowed = usable_cpus(wanted)
     if not allowed:
-        raise ValueError(f"cpu_affinity {wanted} names no CPU this process may use")
+        raise ValueError(f"cpu_affinity {wanted} names no CPU this machine has")
     pids = [child.pid for child in psutil.Process().children(recursive=True)]
     for pid in pids:
         pin_thread_group(pid, allowed)

@@ -112,12 +112,13 @@ class EngineReplica:
         args = AsyncEngineArgs(**engine_kwargs(variant, source.model, source.tokenizer))
         self._load: dict[str, float] = {}
         self._exit_scheduled = False
-        self._engine: AsyncLLM = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers(self._load))
+        from deployments.cpu_affinity import born_on, pin_children
+
+        with born_on(variant.engine.cpu_affinity):
+            self._engine: AsyncLLM = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers(self._load))
         self.max_model_len = self._engine.model_config.max_model_len
         if variant.engine.cpu_affinity is not None:
-            from deployments.cpu_affinity import pin_children
-
-            pin_children(variant.engine.cpu_affinity)
+            pin_children(variant.engine.cpu_affinity)  # and every thread they have started since
         EngineLoadMetrics({variant.name: variant.model}).track(variant.name, replica_label(), self._signals)
         logger.info("engine for %s ready in %.1fs", self.variant, time.monotonic() - started)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,7 @@ def _build_builtin(config: ServeFleetConfig) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from cluster import local
     from cluster.cli import attach
+    from deployments.cpu_affinity import serving_cpus
     from serve_app import control
 
     config = _load(args)
@@ -65,11 +67,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     state = attached or local.start_head(
-        port=args.ray_port, dashboard_port=args.dashboard_port, metrics_port=args.metrics_port, frontend=frontend
+        port=args.ray_port,
+        dashboard_port=args.dashboard_port,
+        metrics_port=args.metrics_port,
+        frontend=frontend,
+        serving_cpus=serving_cpus(config.engine_cpus(), os.sched_getaffinity(0)),
     )
     local.export_frontend_environment(state)
     started_here = already is None
     print(f"ray cluster: {state.address} ({'started' if started_here else 'already running'}); log {state.log_file}")
+    if state.serving_cpus:
+        print(f"Ray and the serving path on CPUs {state.serving_cpus}, engines on their engine.cpu_affinity")
     control.connect(state.address, node_ip=state.node_ip if attached else None)
     print(f"deploying app {config.app_name!r} with variants {', '.join(v.name for v in config.variants)}...")
     url = control.base_url(config)

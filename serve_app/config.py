@@ -321,6 +321,10 @@ class ServeFleetConfig(BaseModel):
     def _exposed_without_auth(self) -> bool:
         return not self.auth.enabled and not is_loopback(self.server.host)
 
+    def engine_cpus(self) -> set[int]:
+        """Every CPU an engine is pinned to (``engine.cpu_affinity``); the cluster keeps its own processes off them."""
+        return {cpu for v in self.variants for cpu in (v.engine.cpu_affinity or [])}
+
     def frontends(self) -> tuple[str, ...]:
         """The frontends this config may run behind, the one to start a cluster with first. ``auto`` prefers
         HAProxy, except with the API exposed off loopback without auth: behind HAProxy every client reaches

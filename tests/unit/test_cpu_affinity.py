@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from deployments.cpu_affinity import pin_children, pin_thread_group, usable_cpus
+from deployments.cpu_affinity import born_on, pin_children, pin_thread_group, serving_cpus, usable_cpus
 
 # A child with a second thread, so the test sees that every thread is pinned, not only the main one.
 _CHILD = "import threading, time; threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); time.sleep(30)"
@@ -40,6 +40,30 @@ def test_pin_children_pins_every_thread_of_a_child(child: subprocess.Popen[bytes
 def test_pin_children_refuses_cpus_this_process_cannot_use() -> None:
     with pytest.raises(ValueError, match="names no CPU"):
         pin_children(iter([100_000]))
+
+
+def test_the_serving_path_gets_the_cpus_no_engine_is_pinned_to() -> None:
+    assert serving_cpus([0], {0, 1}) == {1}
+    assert serving_cpus([0, 2], range(4)) == {1, 3}
+    assert serving_cpus([], {0, 1}) is None  # no engine pinned: the OS places everything
+    assert serving_cpus([0], {0}) is None  # one CPU: nothing to keep apart
+
+
+def test_a_process_started_inside_born_on_begins_on_those_cpus_and_the_thread_returns_to_its_own() -> None:
+    before = os.sched_getaffinity(0)
+    target = {max(before)}
+    with born_on(target):
+        process = subprocess.Popen([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
+    out, _ = process.communicate(timeout=30)
+    assert out.strip() == str(sorted(target))
+    assert os.sched_getaffinity(0) == before
+
+
+def test_born_on_none_changes_nothing() -> None:
+    before = os.sched_getaffinity(0)
+    with born_on(None):
+        assert os.sched_getaffinity(0) == before
 
 
 def test_usable_cpus_drops_unknown_ids() -> None:

@@ -58,9 +58,10 @@ class EngineArgs(BaseModel):
         default=None,
         min_length=1,
         description=(
-            "CPU build only: pin vLLM's engine-core and worker processes to these CPU ids, leaving the other "
-            "cores to Ray and the serving path. vLLM's engine core spin-waits on its worker; unpinned, on a "
-            "small box it starves the replicas that stream tokens out (stalls of seconds, see README). "
+            "CPU build only: start vLLM's engine-core and worker processes on these CPU ids; a cluster that "
+            "servefleet up starts keeps Ray, the serving path and HAProxy on the CPUs no engine names. vLLM's "
+            "engine core spin-waits on its worker; unpinned, on a small box it starves the replicas that stream "
+            "tokens out (stalls of seconds, see README), and anything else on its core slows every step. "
             "None leaves placement to the OS, which is right for GPU engines."
         ),
     )

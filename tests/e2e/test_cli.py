@@ -25,6 +25,9 @@ from cluster.local import live_group_members
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+CPUS = os.sched_getaffinity(0)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -72,7 +75,9 @@ def test_up_status_request_down(tmp_path: Path):
                         "name": "tiny-v1",
                         "model": "builtin:tiny-v1",
                         "weight": 100,
-                        "engine": {"max_model_len": 512, "dtype": "float32"},
+                        # As the default config does on this CPU build: the engine on the first CPU, the rest of
+                        # the cluster on the others.
+                        "engine": {"max_model_len": 512, "dtype": "float32", "cpu_affinity": [min(CPUS)]},
                         "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                     }
                 ]
@@ -111,6 +116,19 @@ def test_up_status_request_down(tmp_path: Path):
         ports = listening({p.pid for p in haproxy_processes(marker)})
         assert port in ports and {9101, 8404} <= set(ports), ports
         assert all(addresses == {"127.0.0.1"} for addresses in ports.values()), ports
+
+        # The engine's processes run on its CPU; Ray's, the serving path's and HAProxy's on the others.
+        if len(CPUS) > 1:
+            serving = sorted(CPUS - {min(CPUS)})
+            assert state["serving_cpus"] == serving
+            members = [psutil.Process(p) for p in live_group_members(pid)] + haproxy_processes(marker)
+            replica = next(p for p in members if "engine-tiny-v1" in " ".join(p.cmdline()))
+            engine = replica.children(recursive=True)  # vLLM's engine core, its worker and their helpers
+            assert engine and all(p.cpu_affinity() == [min(CPUS)] for p in engine), [
+                (p.name(), p.cpu_affinity()) for p in engine
+            ]
+            rest = [p for p in members if p not in engine]
+            assert all(p.cpu_affinity() == serving for p in rest), [(p.name(), p.cpu_affinity()) for p in rest]
 
         status = servefleet("status", "--config", str(config), "--port", str(port), env=env, timeout=120)
         assert status.returncode == 0, status.stdout + status.stderr

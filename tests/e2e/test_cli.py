@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from cluster.local import live_group_members
+from loadtests.soak_memory import session_members
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -121,7 +122,8 @@ def test_up_status_request_down(tmp_path: Path):
         if len(CPUS) > 1:
             serving = sorted(CPUS - {min(CPUS)})
             assert state["serving_cpus"] == serving
-            members = [psutil.Process(p) for p in live_group_members(pid)] + haproxy_processes(marker)
+            # Ray gives each worker a process group of its own; the head's session holds them all.
+            members = [psutil.Process(p) for p in session_members(pid) if psutil.Process(p).status() != "zombie"]
             replica = next(p for p in members if "engine-tiny-v1" in " ".join(p.cmdline()))
             engine = replica.children(recursive=True)  # vLLM's engine core, its worker and their helpers
             assert engine and all(p.cpu_affinity() == [min(CPUS)] for p in engine), [

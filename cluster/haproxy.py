@@ -20,6 +20,8 @@ import shutil
 import stat
 from pathlib import Path
 
+import psutil
+
 # Ray's defaults (ray.serve._private.constants); an operator may move them with the same variables.
 METRICS_PORT = int(os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101"))
 STATS_PORT = int(os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404"))
@@ -117,17 +119,29 @@ def write_wrapper(temp_dir: str, real: str | None = None) -> Path:
     return path
 
 
-def kill(temp_dir: str) -> int:
-    """Stop the HAProxy processes of the cluster whose temp dir this is; their command line names their config
-    file under it. Returns how many it killed."""
-    import psutil
+def prepare(temp_dir: str) -> dict[str, str]:
+    """Write the wrapper and return the environment for the Ray processes of a cluster fronted by HAProxy."""
+    write_wrapper(temp_dir)
+    return environment(temp_dir)
 
+
+def processes(temp_dir: str) -> list[psutil.Process]:
+    """The HAProxy processes of the cluster whose temp dir this is: their command line names their config file
+    under it."""
     marker = str(folder(temp_dir)) + os.sep
-    killed = 0
+    found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
         if cmdline and Path(cmdline[0]).name == "haproxy" and any(marker in arg for arg in cmdline):
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-                killed += 1
+            found.append(process)
+    return found
+
+
+def kill(temp_dir: str) -> int:
+    """Stop the HAProxy processes of the cluster whose temp dir this is. Returns how many it killed."""
+    killed = 0
+    for process in processes(temp_dir):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+            killed += 1
     return killed

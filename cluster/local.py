@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cluster import haproxy
-from deployments.cpu_affinity import born_on
+from deployments.cpu_affinity import born_on, serving_cpus
 from serve_app.paths import cache_dir, logs_dir, state_dir
 
 logger = logging.getLogger(__name__)
@@ -135,13 +136,13 @@ def start_head(
     metrics_port: int = 8080,
     num_cpus: int | None = None,
     frontend: str = "ray-proxy",
-    serving_cpus: set[int] | None = None,
+    engine_cpus: Iterable[int] = (),
     timeout_s: float = 60,
 ) -> ClusterState:
     """Start a Ray head on loopback and wait until its GCS answers. ``frontend="haproxy"`` starts it with Ray
-    Serve's HAProxy mode (cluster/haproxy.py), which Ray reads only when its processes start. ``serving_cpus``
-    confines every process of the cluster to those CPUs (they inherit the head's mask), except the engines,
-    which their replicas start on ``engine.cpu_affinity`` (deployments/cpu_affinity.py)."""
+    Serve's HAProxy mode (cluster/haproxy.py), which Ray reads only when its processes start. Every process of the
+    cluster inherits the head's CPU mask: this process's CPUs less ``engine_cpus`` (the config's
+    ``engine.cpu_affinity``), on which the engine replicas start vLLM's processes (deployments/cpu_affinity.py)."""
     existing = running_cluster()
     if existing is not None:
         return existing
@@ -149,9 +150,9 @@ def start_head(
         raise RuntimeError(f"port {node_ip}:{port} is taken by something this project did not start")
     env = ray_environment()
     temp_dir = env["RAY_TMPDIR"]
+    serving = serving_cpus(engine_cpus, os.sched_getaffinity(0))
     if frontend == "haproxy":
-        env.update(haproxy.environment(temp_dir))
-        haproxy.write_wrapper(temp_dir)
+        env.update(haproxy.prepare(temp_dir))
     log_file = logs_dir() / "ray-head.log"
     # Logical CPUs: engines reserve them for placement; light deployments reserve none. At least 4, so the
     # two built-in engines and a spare replica fit on a 2-core machine (vLLM's threads, not Ray, use the cores).
@@ -173,7 +174,7 @@ def start_head(
         f"--metrics-export-port={metrics_port}",
         "--disable-usage-stats",
     ]
-    with open(log_file, "ab") as log, born_on(serving_cpus):
+    with open(log_file, "ab") as log, born_on(serving):
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cache_dir()
         )
@@ -188,7 +189,7 @@ def start_head(
         started_at=time.time(),
         metrics_port=metrics_port,
         frontend=frontend,
-        serving_cpus=sorted(serving_cpus) if serving_cpus else None,
+        serving_cpus=sorted(serving) if serving else None,
     )
     deadline = time.monotonic() + timeout_s
     while not _port_open(node_ip, port):

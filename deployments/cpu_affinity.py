@@ -25,6 +25,14 @@ def usable_cpus(wanted: Iterable[int]) -> set[int]:
     return set(wanted) & set(range(os.cpu_count() or 1))
 
 
+def _required(cpus: Iterable[int]) -> set[int]:
+    wanted = set(cpus)
+    allowed = usable_cpus(wanted)
+    if not allowed:
+        raise ValueError(f"cpu_affinity {sorted(wanted)} names no CPU this machine has")
+    return allowed
+
+
 def serving_cpus(engine_cpus: Iterable[int], available: Iterable[int]) -> set[int] | None:
     """The CPUs for everything but the engines (Ray, the serving path, HAProxy): the ``available`` ones no
     engine is pinned to. None, leave placement to the OS, when no engine is pinned or they take every CPU."""
@@ -41,9 +49,7 @@ def born_on(cpus: Iterable[int] | None) -> Iterator[None]:
     if cpus is None:
         yield
         return
-    allowed = usable_cpus(cpus)
-    if not allowed:
-        raise ValueError(f"cpu_affinity {sorted(set(cpus))} names no CPU this machine has")
+    allowed = _required(cpus)
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, allowed)
     try:
@@ -71,10 +77,7 @@ def pin_thread_group(pid: int, cpus: set[int]) -> int:
 
 def pin_children(cpus: Iterable[int]) -> list[int]:
     """Pin every descendant process of this one (not this one) to ``cpus``; returns their pids."""
-    wanted = sorted(set(cpus))
-    allowed = usable_cpus(wanted)
-    if not allowed:
-        raise ValueError(f"cpu_affinity {wanted} names no CPU this machine has")
+    allowed = _required(cpus)
     pids = [child.pid for child in psutil.Process().children(recursive=True)]
     for pid in pids:
         pin_thread_group(pid, allowed)

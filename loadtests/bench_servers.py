@@ -115,7 +115,6 @@ def servefleet_server(
     """This stack: a local Ray cluster, the whole graph, one engine replica of the same model. ``stream``
     overrides the config's coalescing settings (``loadtests.cpu_split``), ``frontend`` its server.frontend."""
     from cluster import local
-    from deployments.cpu_affinity import serving_cpus
     from serve_app import control
     from serve_app.config import load_config, parse_config
 
@@ -138,7 +137,7 @@ def servefleet_server(
         dashboard_port=free_port(),
         metrics_port=free_port(),
         frontend=config.frontends()[0],
-        serving_cpus=serving_cpus(config.engine_cpus(), os.sched_getaffinity(0)),
+        engine_cpus=config.engine_cpus(),
     )
     saved = dict(os.environ)
     local.export_frontend_environment(state)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -46,7 +45,6 @@ def _build_builtin(config: ServeFleetConfig) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from cluster import local
     from cluster.cli import attach
-    from deployments.cpu_affinity import serving_cpus
     from serve_app import control
 
     config = _load(args)
@@ -71,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         dashboard_port=args.dashboard_port,
         metrics_port=args.metrics_port,
         frontend=frontend,
-        serving_cpus=serving_cpus(config.engine_cpus(), os.sched_getaffinity(0)),
+        engine_cpus=config.engine_cpus(),
     )
     local.export_frontend_environment(state)
     started_here = already is None

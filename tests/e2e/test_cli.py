@@ -20,6 +20,7 @@ import psutil
 import pytest
 import yaml
 
+from cluster import haproxy
 from cluster.local import live_group_members
 from loadtests.soak_memory import session_members
 
@@ -43,16 +44,6 @@ def servefleet(*args: str, env: dict[str, str], timeout: float = 600) -> subproc
 
 def group_alive(pgid: int) -> bool:
     return bool(live_group_members(pgid))
-
-
-def haproxy_processes(marker: str) -> list[psutil.Process]:
-    """The HAProxy processes whose command line names a file under ``marker`` (a cluster's HAProxy folder)."""
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if process.info["name"] == "haproxy" and any(marker in arg for arg in cmdline):
-            found.append(process)
-    return found
 
 
 def listening(pids: set[int]) -> dict[int, set[str]]:
@@ -104,7 +95,7 @@ def test_up_status_request_down(tmp_path: Path):
     state_file = cache / "state" / "cluster.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     pid = state.get("pid")
-    marker = str(Path(state.get("temp_dir", "/nonexistent")) / "haproxy") + os.sep
+    temp_dir = state.get("temp_dir", "/nonexistent")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{port}/v1" in up.stdout
@@ -114,7 +105,7 @@ def test_up_status_request_down(tmp_path: Path):
         # The default frontend here is Ray Serve's HAProxy: it holds the API port, and everything it listens
         # on (the API, its Prometheus exporter and its stats page) is on loopback only.
         assert state["frontend"] == "haproxy"
-        ports = listening({p.pid for p in haproxy_processes(marker)})
+        ports = listening({p.pid for p in haproxy.processes(temp_dir)})
         assert port in ports and {9101, 8404} <= set(ports), ports
         assert all(addresses == {"127.0.0.1"} for addresses in ports.values()), ports
 
@@ -123,7 +114,7 @@ def test_up_status_request_down(tmp_path: Path):
             serving = sorted(CPUS - {min(CPUS)})
             assert state["serving_cpus"] == serving
             # Ray gives each worker a process group of its own; the head's session holds them all.
-            members = [psutil.Process(p) for p in session_members(pid) if psutil.Process(p).status() != "zombie"]
+            members = [p for p in map(psutil.Process, session_members(pid)) if p.status() != psutil.STATUS_ZOMBIE]
             replica = next(p for p in members if "engine-tiny-v1" in " ".join(p.cmdline()))
             engine = replica.children(recursive=True)  # vLLM's engine core, its worker and their helpers
             assert engine and all(p.cpu_affinity() == [min(CPUS)] for p in engine), [
@@ -176,7 +167,7 @@ def test_up_status_request_down(tmp_path: Path):
         down_s = time.monotonic() - started
         if pid is not None and group_alive(pid):
             os.killpg(pid, signal.SIGKILL)  # never leave a cluster behind, even when the test failed
-        left = haproxy_processes(marker)
+        left = haproxy.processes(temp_dir)
         for process in left:
             process.kill()
     assert down.returncode == 0 and "stopped" in down.stdout

@@ -65,8 +65,7 @@ def running_app() -> Iterator[RunningApp]:
     frontend = config.frontends()[0]
     temp_dir = os.environ["RAY_TMPDIR"]
     if frontend == "haproxy":
-        os.environ.update(haproxy.environment(temp_dir))
-        haproxy.write_wrapper(temp_dir)
+        os.environ.update(haproxy.prepare(temp_dir))
     ray.init(
         address="local",
         num_cpus=4,

@@ -7,6 +7,11 @@ Each server is started alone (never two at once, so they do not share the cores)
 same closed-loop streaming client at each concurrency level for a bounded time; then it is stopped. The client
 talks to 127.0.0.1 only. Results go to ``reports/bench/bench.json`` and ``reports/bench/bench.md``.
 
+This VM's speed drifts by up to 2x within an hour, so one pass can compare a server at a fast minute with another
+at a slow one. ``--rounds N`` runs every server N times, round-robin, in reverse order every other round (ABBA,
+which cancels a steady drift), compares servers within each round, and judges the goals on the median of the
+per-round ratios.
+
 Inter-token latency here is per request: (last token time - first token time) / (tokens - 1), vLLM's TPOT.
 Per-chunk gaps would flatter a server that sends a chunk per token and penalise one that coalesces tokens.
 """
@@ -62,6 +67,7 @@ class LevelResult:
     ttft_p99_ms: float | None
     itl_p50_ms: float | None
     itl_p99_ms: float | None
+    round: int = 1
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -72,7 +78,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-def summarise(target: str, concurrency: int, duration_s: float, samples: list[Sample]) -> LevelResult:
+def summarise(target: str, concurrency: int, duration_s: float, samples: list[Sample], round_: int = 1) -> LevelResult:
     good = [s for s in samples if s.ok]
     tokens = sum(s.tokens for s in good)
     ttft = [s.ttft_s * 1000 for s in good if s.ttft_s is not None]
@@ -90,6 +96,7 @@ def summarise(target: str, concurrency: int, duration_s: float, samples: list[Sa
         ttft_p99_ms=_round(percentile(ttft, 99)),
         itl_p50_ms=_round(percentile(itl, 50)),
         itl_p99_ms=_round(percentile(itl, 99)),
+        round=round_,
     )
 
 
@@ -165,16 +172,16 @@ def warm_up(url: str, model: str) -> None:
 
 
 def measure(
-    target: str, url: str, model: str, levels: list[int], duration_s: float, max_tokens: int
+    target: str, url: str, model: str, levels: list[int], duration_s: float, max_tokens: int, round_: int = 1
 ) -> list[LevelResult]:
     results = []
     warm_up(url, model)
     for concurrency in levels:
         started = time.perf_counter()
         samples = asyncio.run(run_level(url, model, concurrency, duration_s, max_tokens))
-        result = summarise(target, concurrency, time.perf_counter() - started, samples)
+        result = summarise(target, concurrency, time.perf_counter() - started, samples, round_)
         print(
-            f"  {target:<12} c={concurrency:<3} {result.output_tokens_per_s:>8.1f} tok/s  "
+            f"  [{round_}] {target:<12} c={concurrency:<3} {result.output_tokens_per_s:>8.1f} tok/s  "
             f"TTFT p50 {result.ttft_p50_ms} ms  ITL p50 {result.itl_p50_ms} ms  failures {result.failures}"
         )
         results.append(result)
@@ -187,19 +194,27 @@ class Report:
     max_tokens: int
     duration_s: float
     levels: list[int]
+    rounds: int = 1
     results: list[LevelResult] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def round_order(targets: list[str], round_: int) -> list[str]:
+    """Targets in the order round ``round_`` (from 1) runs them: as given, then reversed, alternately."""
+    return list(targets) if round_ % 2 == 1 else list(reversed(targets))
+
+
 def ratios(report: Report, baseline: str = "vllm") -> list[dict[str, object]]:
-    by_key = {(r.target, r.concurrency): r for r in report.results}
+    """Each result against the baseline's at the same level in the same round."""
+    by_key = {(r.round, r.target, r.concurrency): r for r in report.results}
     rows = []
     for result in report.results:
-        base = by_key.get((baseline, result.concurrency))
+        base = by_key.get((result.round, baseline, result.concurrency))
         if base is None or result.target == baseline:
             continue
         rows.append(
             {
+                "round": result.round,
                 "target": result.target,
                 "concurrency": result.concurrency,
                 "throughput_ratio": round(result.output_tokens_per_s / base.output_tokens_per_s, 3)
@@ -214,26 +229,38 @@ def ratios(report: Report, baseline: str = "vllm") -> list[dict[str, object]]:
 
 
 def markdown(report: Report) -> str:
+    many = report.rounds > 1
+    rounds = f", {report.rounds} rounds (ABBA order)" if many else ""
+    lead = "| round " if many else ""
     lines = [
         f"Model `{report.model}`, {report.max_tokens} output tokens per request (greedy), "
-        f"{report.duration_s:.0f} s per level, closed-loop streaming clients on 127.0.0.1.",
+        f"{report.duration_s:.0f} s per level{rounds}, closed-loop streaming clients on 127.0.0.1.",
         "",
-        "| server | streams | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"{lead}| server | streams | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
+        "| failed |",
+        "|---" * (10 if many else 9) + "|",
     ]
     for r in report.results:
+        cell = f"| {r.round} " if many else ""
         lines.append(
-            f"| {r.target} | {r.concurrency} | {r.output_tokens_per_s} | {r.requests_per_s} | {r.ttft_p50_ms} | "
-            f"{r.ttft_p99_ms} | {r.itl_p50_ms} | {r.itl_p99_ms} | {r.failures} |"
+            f"{cell}| {r.target} | {r.concurrency} | {r.output_tokens_per_s} | {r.requests_per_s} | "
+            f"{r.ttft_p50_ms} | {r.ttft_p99_ms} | {r.itl_p50_ms} | {r.itl_p99_ms} | {r.failures} |"
         )
     rows = ratios(report)
     if rows:
-        lines += ["", "| server | streams | throughput vs vLLM server | TTFT p50 added (ms) |", "|---|---|---|---|"]
         lines += [
-            f"| {row['target']} | {row['concurrency']} | {row['throughput_ratio']}x | {row['ttft_p50_added_ms']} |"
-            for row in rows
+            "",
+            f"{lead}| server | streams | throughput vs vLLM server | TTFT p50 added (ms) |",
+            "|---" * (5 if many else 4) + "|",
         ]
-    lines += ["", "Goals:", ""]
+        for row in rows:
+            cell = f"| {row['round']} " if many else ""
+            lines.append(
+                f"{cell}| {row['target']} | {row['concurrency']} | {row['throughput_ratio']}x | "
+                f"{row['ttft_p50_added_ms']} |"
+            )
+    median = " (median of the rounds' ratios)" if many else ""
+    lines += ["", f"Goals{median}:", ""]
     lines += [f"- {verdict.describe()}" for verdict in judge(report.results)]
     for target, error in report.errors.items():
         lines.append(f"\n{target} did not run: {error}")
@@ -245,6 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", nargs="+", type=int, default=[1, 8, 32, 64], help="streams (1 8 32 64)")
     parser.add_argument("--duration", type=float, default=20, help="seconds per concurrency level (20, max 120)")
     parser.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (128)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every server this many times, ABBA order (1, max 5)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench", help="(reports/bench)")
 
 
@@ -261,6 +289,8 @@ def bounds_problem(args: argparse.Namespace) -> str | None:
     """Why a run is refused, or None: every run is bounded in time and streams."""
     if not 0 < args.duration <= 120 or max(args.levels) > 128 or min(args.levels) < 1:
         return "bounded runs only: --duration in (0, 120], concurrency in [1, 128]"
+    if not 1 <= getattr(args, "rounds", 1) <= 5:  # loadtests.cpu_split shares these bounds, without rounds
+        return "bounded runs only: --rounds in [1, 5]"
     return None
 
 
@@ -268,17 +298,24 @@ def run(args: argparse.Namespace) -> int:
     from serve_app import model_builder
 
     model_path = str(model_builder.build_model("tiny-v1"))
-    report = Report(model="tiny-v1", max_tokens=args.max_tokens, duration_s=args.duration, levels=args.levels)
+    report = Report(
+        model="tiny-v1", max_tokens=args.max_tokens, duration_s=args.duration, levels=args.levels, rounds=args.rounds
+    )
     max_num_seqs = max(64, max(args.levels))
-    for target in args.targets:
-        print(f"{target}: starting")
-        model = model_argument(target, model_path)
-        try:
-            with TARGETS[target](model, 1024, max_num_seqs) as (url, served_name):
-                report.results += measure(target, url, served_name, args.levels, args.duration, args.max_tokens)
-        except Exception as error:  # one server failing to start must not lose the others' numbers
-            report.errors[target] = repr(error)
-            print(f"{target}: failed: {error!r}")
+    for round_ in range(1, args.rounds + 1):
+        for target in round_order(args.targets, round_):
+            if target in report.errors:
+                continue
+            print(f"[{round_}] {target}: starting")
+            model = model_argument(target, model_path)
+            try:
+                with TARGETS[target](model, 1024, max_num_seqs) as (url, served_name):
+                    report.results += measure(
+                        target, url, served_name, args.levels, args.duration, args.max_tokens, round_
+                    )
+            except Exception as error:  # one server failing to start must not lose the others' numbers
+                report.errors[target] = repr(error)
+                print(f"{target}: failed: {error!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     goals = [{"goal": v.goal.describe(), "measured": v.measured, "met": v.met} for v in judge(report.results)]
     summary = {**asdict(report), "ratios_vs_vllm": ratios(report), "goals": goals}

@@ -2,11 +2,14 @@
 
 Goals (issue 3): this stack at least 0.9x vLLM's own server in output tokens/s at 32 and 64 streams, at least
 2x ``ray.serve.llm`` there, and no more than 20 ms added to p50 time to first token at one stream. A goal
-whose servers did not both run at that level is reported as not measured, never as met.
+whose servers did not both run at that level is reported as not measured, never as met. A run of several rounds
+is judged on the median of the per-round figures, each round's servers compared with each other only.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -19,6 +22,7 @@ class LevelNumbers(Protocol):
     concurrency: int
     output_tokens_per_s: float
     ttft_p50_ms: float | None
+    round: int
 
 
 @dataclass(frozen=True)
@@ -64,20 +68,29 @@ DEFAULT_GOALS: tuple[Goal, ...] = (
 
 
 def judge(results: Iterable[LevelNumbers], goals: Iterable[Goal] = DEFAULT_GOALS) -> list[GoalVerdict]:
-    by_key = {(r.target, r.concurrency): r for r in results}
+    by_round: dict[int, dict[tuple[str, int], LevelNumbers]] = defaultdict(dict)
+    for r in results:
+        by_round[r.round][(r.target, r.concurrency)] = r
     verdicts = []
     for goal in goals:
-        mine = by_key.get((goal.target, goal.concurrency))
-        base = by_key.get((goal.baseline, goal.concurrency))
-        measured: float | None = None
-        if mine is not None and base is not None:
-            if goal.metric == "throughput_ratio" and base.output_tokens_per_s > 0:
-                measured = mine.output_tokens_per_s / base.output_tokens_per_s
-            elif goal.metric == "ttft_added_ms" and mine.ttft_p50_ms is not None and base.ttft_p50_ms is not None:
-                measured = mine.ttft_p50_ms - base.ttft_p50_ms
-        if measured is None:
+        per_round = [m for by_key in by_round.values() if (m := _measure(goal, by_key)) is not None]
+        if not per_round:
             verdicts.append(GoalVerdict(goal, None, None))
             continue
+        measured = statistics.median(per_round)
         met = measured >= goal.bound if goal.metric == "throughput_ratio" else measured <= goal.bound
         verdicts.append(GoalVerdict(goal, round(measured, 3), met))
     return verdicts
+
+
+def _measure(goal: Goal, by_key: dict[tuple[str, int], LevelNumbers]) -> float | None:
+    """The goal's figure within one round, or None where one of its servers did not run at that level."""
+    mine = by_key.get((goal.target, goal.concurrency))
+    base = by_key.get((goal.baseline, goal.concurrency))
+    if mine is None or base is None:
+        return None
+    if goal.metric == "throughput_ratio":
+        return mine.output_tokens_per_s / base.output_tokens_per_s if base.output_tokens_per_s > 0 else None
+    if mine.ttft_p50_ms is None or base.ttft_p50_ms is None:
+        return None
+    return mine.ttft_p50_ms - base.ttft_p50_ms

@@ -5,6 +5,8 @@ yields ``(base_url, served_model_name)`` and stops it (and everything it started
 - ``servefleet``: this stack as the default config runs it, the whole graph on a local Ray cluster behind
   Ray Serve's HAProxy mode (``server.frontend: auto``).
 - ``servefleet-ray-proxy``: the same behind Ray Serve's Python proxy (``server.frontend: ray-proxy``).
+- ``servefleet-hops``: the same with the router and preprocess as deployments of their own, a Ray hop each
+  (``pools.route_and_prepare: deployments``).
 - ``ray-serve-llm``: Ray's own ``ray.serve.llm.build_openai_app`` on the CPU.
 - ``naive``: FastAPI around Hugging Face ``generate`` (``loadtests.naive_server``), what a user might write.
 
@@ -111,9 +113,13 @@ def servefleet_server(
     *,
     stream: dict[str, float] | None = None,
     frontend: str | None = None,
+    ray_env: dict[str, str] | None = None,
+    route_and_prepare: str | None = None,
 ) -> Iterator[tuple[str, str]]:
     """This stack: a local Ray cluster, the whole graph, one engine replica of the same model. ``stream``
-    overrides the config's coalescing settings (``loadtests.cpu_split``), ``frontend`` its server.frontend."""
+    overrides the config's coalescing settings (``loadtests.cpu_split``), ``frontend`` its server.frontend,
+    ``route_and_prepare`` its pools.route_and_prepare, and ``ray_env`` adds to the environment every Ray
+    process of the cluster starts with."""
     from cluster import local
     from serve_app import control
     from serve_app.config import load_config, parse_config
@@ -129,19 +135,22 @@ def servefleet_server(
     raw: dict[str, Any] = {"app_name": "bench", "server": server, "variants": [variant]}
     if stream is not None:
         raw["stream"] = stream
+    if route_and_prepare is not None:
+        raw["pools"] = {"route_and_prepare": route_and_prepare}
     config = parse_config(raw)
     if local.running_cluster() is not None:
         raise RuntimeError("a servefleet cluster is already running; stop it first (servefleet down)")
-    state = local.start_head(
-        port=free_port(),
-        dashboard_port=free_port(),
-        metrics_port=free_port(),
-        frontend=config.frontends()[0],
-        engine_cpus=config.engine_cpus(),
-    )
     saved = dict(os.environ)
-    local.export_frontend_environment(state)
+    os.environ.update(ray_env or {})
     try:
+        state = local.start_head(
+            port=free_port(),
+            dashboard_port=free_port(),
+            metrics_port=free_port(),
+            frontend=config.frontends()[0],
+            engine_cpus=config.engine_cpus(),
+        )
+        local.export_frontend_environment(state)
         control.connect(state.address)
         control.deploy(config)
         url = control.base_url(config)
@@ -211,6 +220,7 @@ TARGETS: dict[str, ServerFactory] = {
     "vllm": vllm_server,
     "servefleet": servefleet_server,
     "servefleet-ray-proxy": functools.partial(servefleet_server, frontend="ray-proxy"),
+    "servefleet-hops": functools.partial(servefleet_server, route_and_prepare="deployments"),
     "ray-serve-llm": ray_serve_llm_server,
     "naive": naive_server,
 }

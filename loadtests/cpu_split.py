@@ -5,12 +5,17 @@
     python -m loadtests.cpu_split --frontend ray-proxy          # server.frontend (default: the config's, auto)
     python -m loadtests.cpu_split --coalesce 10 400             # coalesce_per_stream_ms, coalesce_ms
     python -m loadtests.cpu_split --pin-serving 1               # every Ray process on CPU 1, vLLM alone on 0
+    python -m loadtests.cpu_split --route-and-prepare deployments   # router and preprocess a hop each
+    python -m loadtests.cpu_split --target vllm                 # vLLM's own server, the benchmark's reference
+    python -m loadtests.cpu_split --ray-env RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0   # a Ray setting, every process
 
 It starts the stack exactly as ``servefleet bench`` does (``tiny-v1`` alone, the default config's engine
 settings), drives it with the benchmark's closed-loop streaming client at each level, and reads every process's
-CPU time before and after the level. Each level prints the benchmark's figures and the CPU each kind of
-process used, in cores (CPU seconds per second of wall time), so that a change to the serving path can be
-judged by what it costs as well as by what it delivers. Bounded like the benchmark: at most 120 s a level.
+CPU time before and after the level. Each level prints the benchmark's figures, how busy each CPU was, and the
+CPU each kind of process used, in cores (CPU seconds per second of wall time) and in CPU milliseconds per
+request, so that a change to the serving path can be judged by what it costs as well as by what it delivers.
+The cost per request moves much less with this VM's speed than throughput does, which makes it the figure to
+compare between two runs. Bounded like the benchmark: at most 120 s a level.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -66,6 +72,16 @@ def cores_by_label(
     return sorted(((label, cpu / elapsed_s) for label, cpu in used.items()), key=lambda item: -item[1])
 
 
+def cpu_busy(before: list[Any], after: list[Any]) -> list[float]:
+    """Busy fraction of each CPU between two ``psutil.cpu_times(percpu=True)`` readings."""
+    busy = []
+    for start, end in zip(before, after, strict=True):
+        total = sum(end) - sum(start)
+        idle = (end.idle + getattr(end, "iowait", 0.0)) - (start.idle + getattr(start, "iowait", 0.0))
+        busy.append(round(1 - idle / total, 2) if total > 0 else 0.0)
+    return busy
+
+
 def _pin(cpus: set[int]) -> int:
     """Pin every thread of every Ray process except vLLM's to ``cpus``; returns how many processes."""
     pinned = 0
@@ -79,8 +95,13 @@ def _pin(cpus: set[int]) -> int:
 
 
 @contextlib.contextmanager
-def _stack(args: argparse.Namespace, model_path: str) -> Iterator[str]:
-    """The stack as ``servefleet bench`` starts it, with this run's changes; yields the URL to load."""
+def _stack(args: argparse.Namespace, model_path: str) -> Iterator[tuple[str, str]]:
+    """The server as ``servefleet bench`` starts it, with this run's changes; yields the URL to load and the
+    model name to ask for."""
+    if args.target == "vllm":
+        with bench_servers.vllm_server(model_path, 1024, max(64, *args.levels)) as served:
+            yield served
+        return
     direct_port = None
     if args.direct_ingress:
         # Ray reads these when its processes start; the ingress replica then serves HTTP on this port itself
@@ -95,27 +116,51 @@ def _stack(args: argparse.Namespace, model_path: str) -> Iterator[str]:
     # Direct ingress alone bypasses Ray's Python proxy, so it is measured with that proxy started, not HAProxy.
     frontend = "ray-proxy" if args.direct_ingress else args.frontend
     levels = max(64, *args.levels)
-    with bench_servers.servefleet_server(model_path, 1024, levels, stream=stream, frontend=frontend) as (url, _):
+    ray_env = dict(setting.split("=", 1) for setting in args.ray_env or [])
+    with bench_servers.servefleet_server(
+        model_path,
+        1024,
+        levels,
+        stream=stream,
+        frontend=frontend,
+        ray_env=ray_env,
+        route_and_prepare=args.route_and_prepare,
+    ) as (url, _):
         if direct_port is not None:
             url = f"http://127.0.0.1:{direct_port}"
             bench_servers.wait_http(url, "/readyz", 120)
         if args.pin_serving:
             print(f"pinned {_pin(set(args.pin_serving))} Ray processes to CPUs {args.pin_serving}")
-        yield url
+        yield url, "tiny"
 
 
-def _table(rows: Iterable[tuple[str, float]], limit: int = 10) -> str:
-    return "\n".join(f"  {cores:5.2f} cores  {label}" for label, cores in list(rows)[:limit])
+def _table(rows: Iterable[tuple[str, float]], elapsed_s: float, requests: int, limit: int = 12) -> str:
+    """Cores, and CPU ms per request, of the busiest labels."""
+    per_request = elapsed_s * 1000 / requests if requests else 0.0
+    return "\n".join(
+        f"  {cores:5.2f} cores {cores * per_request:7.1f} ms/request  {label}" for label, cores in list(rows)[:limit]
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", nargs="+", type=int, default=[32, 64], help="streams (32 64)")
     parser.add_argument("--duration", type=float, default=15, help="seconds per level (15, max 120)")
     parser.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (128)")
+    parser.add_argument("--target", choices=["servefleet", "vllm"], default="servefleet", help="(servefleet)")
     parser.add_argument("--direct-ingress", action="store_true", help="Ray Serve's direct ingress, no proxy")
     parser.add_argument("--frontend", choices=["auto", "haproxy", "ray-proxy"], help="server.frontend (config's)")
+    parser.add_argument(
+        "--route-and-prepare", choices=["ingress", "deployments"], help="pools.route_and_prepare (config's)"
+    )
     parser.add_argument("--coalesce", nargs=2, type=float, metavar=("PER_STREAM_MS", "MAX_MS"), help="window")
+    parser.add_argument("--ray-env", nargs="+", metavar="KEY=VALUE", type=_setting, help="for every Ray process")
     parser.add_argument("--pin-serving", nargs="+", type=int, metavar="CPU", help="pin Ray's processes here")
+
+
+def _setting(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,18 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app import model_builder
 
     model_path = str(model_builder.build_model("tiny-v1"))
-    with _stack(args, model_path) as url:
-        bench.warm_up(url, "tiny")
+    with _stack(args, model_path) as (url, model):
+        bench.warm_up(url, model)
         for streams in args.levels:
-            before, started = snapshot(), time.perf_counter()
-            samples = asyncio.run(bench.run_level(url, "tiny", streams, args.duration, args.max_tokens))
+            before, cpus_before, started = snapshot(), psutil.cpu_times(percpu=True), time.perf_counter()
+            samples = asyncio.run(bench.run_level(url, model, streams, args.duration, args.max_tokens))
             elapsed = time.perf_counter() - started
-            result = bench.summarise("servefleet", streams, elapsed, samples)
+            busy = cpu_busy(cpus_before, psutil.cpu_times(percpu=True))
+            result = bench.summarise(args.target, streams, elapsed, samples)
             print(
-                f"{streams} streams: {result.output_tokens_per_s} tok/s, TTFT p50 {result.ttft_p50_ms} ms, "
-                f"ITL p50 {result.itl_p50_ms} ms, {result.failures} failed"
+                f"{streams} streams: {result.output_tokens_per_s} tok/s, {result.requests} requests, TTFT p50 "
+                f"{result.ttft_p50_ms} ms, ITL p50 {result.itl_p50_ms} ms, {result.failures} failed; CPUs busy {busy}"
             )
-            print(_table(cores_by_label(before, snapshot(), elapsed)))
+            print(_table(cores_by_label(before, snapshot(), elapsed), elapsed, result.requests))
     return 0
 
 

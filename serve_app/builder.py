@@ -104,7 +104,9 @@ def _engine_class(variant: VariantConfig) -> type:
 
 
 def build_app(config: ServeFleetConfig) -> Application:
-    """Bind ingress → router → preprocess → engine pools → postprocess for ``config``."""
+    """Bind ingress → router → preprocess → engine pools → postprocess for ``config``; the router and
+    preprocess become deployments of their own only with ``pools.route_and_prepare: deployments`` (else the
+    ingress runs them in its replicas, ``serve_app.stages``)."""
     light_actor_options: dict[str, Any] = {**LIGHT_ACTOR_OPTIONS, "runtime_env": {"env_vars": _base_env()}}
     if config.pools.resources:
         light_actor_options["resources"] = dict(config.pools.resources)
@@ -143,12 +145,14 @@ def build_app(config: ServeFleetConfig) -> Application:
             rollout=config.rollout, weights=config.weights
         )
     )
-    router = serve.deployment(ABRouter, name="router", **light).bind(
-        routing=config.routing, weights=config.weights, models=models_of(config), rollout=rollout
-    )
-    preprocess = serve.deployment(Preprocessor, name="preprocess", **light, **_pool(config.pools.preprocess)).bind(
-        config
-    )
+    router = preprocess = None
+    if config.pools.route_and_prepare == "deployments":
+        router = serve.deployment(ABRouter, name="router", **light).bind(
+            routing=config.routing, weights=config.weights, models=models_of(config), rollout=rollout
+        )
+        preprocess = serve.deployment(Preprocessor, name="preprocess", **light, **_pool(config.pools.preprocess)).bind(
+            config
+        )
     postprocess = serve.deployment(Postprocessor, name="postprocess", **light, **_pool(config.pools.postprocess)).bind()
     ingress_cls = serve.ingress(app)(Ingress)
     return serve.deployment(ingress_cls, name="ingress", **light).bind(

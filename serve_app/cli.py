@@ -224,8 +224,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     import json
 
-    from ray import serve
-
     from cluster import local
     from serve_app import control
 
@@ -238,7 +236,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         print("no local cluster is running (start one with: servefleet up)", file=sys.stderr)
         return 1
     control.connect(state.address)
-    driver = serve.get_deployment_handle("rollout", app_name=config.app_name)
+    driver = control.blocking_handle("rollout", config.app_name)
     result = getattr(driver, args.action).remote().result(timeout_s=30)
     print(json.dumps(result, indent=2))
     return 0 if result.get("ok", True) else 1

@@ -56,7 +56,11 @@ class ServeFleetClient:
 
         if not ray.is_initialized():
             ray.init(address=address or "auto", namespace="servefleet", log_to_driver=False)
-        return cls(serve.get_app_handle(app_name))
+        handle = serve.get_app_handle(app_name)
+        if not handle.is_initialized:
+            # Serve's router on a loop of its own, for the blocking methods (serve_app.control.blocking_handle).
+            handle._init(_run_router_in_separate_loop=True)
+        return cls(handle)
 
     def _call(self, method: str, request: Request, routing: Routing) -> Any:
         try:

@@ -136,7 +136,19 @@ class PoolsConfig(BaseModel):
 
     model_config = _FROZEN
 
-    preprocess: PoolConfig = Field(default_factory=PoolConfig, description="Chat template and tokenizer pool.")
+    route_and_prepare: Literal["ingress", "deployments"] = Field(
+        default="ingress",
+        description=(
+            "Where a request is routed to a variant and preprocessed (chat template, tokens, limits): `ingress`, "
+            "inside the ingress replica that received it, with no Ray hop; or `deployments`, in the router and "
+            "preprocess deployments, a hop each, so that preprocessing scales in a pool of its own "
+            "(`pools.preprocess`). The same code decides either way (README: Performance)."
+        ),
+    )
+    preprocess: PoolConfig = Field(
+        default_factory=PoolConfig,
+        description="Chat template and tokenizer pool (with `route_and_prepare: deployments`).",
+    )
     postprocess: PoolConfig = Field(default_factory=PoolConfig, description="Response shaping pool.")
     resources: dict[str, float] = Field(
         default_factory=dict,
@@ -145,6 +157,16 @@ class PoolsConfig(BaseModel):
             "e.g. `{head: 0.01}` to keep them on the head node of `servefleet cluster up`."
         ),
     )
+
+    @model_validator(mode="after")
+    def _preprocess_pool_needs_its_deployment(self) -> PoolsConfig:
+        # Compared with the default, not with the fields given, so that a dumped config loads again.
+        if self.route_and_prepare == "ingress" and self.preprocess != PoolConfig():
+            raise ValueError(
+                "pools.preprocess sizes the preprocess deployment, which runs only with "
+                "pools.route_and_prepare: deployments (the default, ingress, preprocesses inside the ingress)"
+            )
+        return self
 
 
 class VariantConfig(BaseModel):

@@ -25,6 +25,20 @@ def connect(address: str, *, node_ip: str | None = None) -> None:
     ray.init(address=address, namespace="servefleet", log_to_driver=False, logging_level=logging.WARNING, **options)
 
 
+def blocking_handle(deployment: str, app_name: str) -> Any:
+    """A handle to ``deployment`` for code without a running event loop (``.remote().result()``): Serve's router
+    on a loop of its own, whatever this process inherited. The cluster's processes run with
+    RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 (cluster/local.py), which makes a handle usable only inside a running
+    loop; a driver started from the same environment would get such a handle. Ray's proxy initialises its own
+    handles this way."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+    if not handle.is_initialized:
+        handle._init(_run_router_in_separate_loop=True)
+    return handle
+
+
 def deploy(config: ServeFleetConfig, *, proxy_location: str | None = None) -> None:
     """Start Serve's HTTP proxy on the configured address and deploy (or update) the app.
 

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from deployments.canary import StatsWindow
 from deployments.postprocess import SSE_DONE, ResponseMeta, StreamFormatter, sse_event
+from deployments.preprocess import Preprocessor
+from deployments.router import ABRouter
 from deployments.types import EngineChunk
 from serve_app.admission import EngineLoad
 from serve_app.auth import ANONYMOUS, Authenticator, Principal, admin_refusal, exposure_warning
@@ -43,6 +45,7 @@ from serve_app.protocol import (
     ModelList,
 )
 from serve_app.shadowing import Shadower
+from serve_app.stages import InProcessPreprocess, PreprocessDeployment, RouterDeployment
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ class Ingress:
         engines: Mapping[str, Any],
         rollout: Any = None,
     ) -> None:
+        """``router`` and ``preprocess`` are deployment handles, or None to route and preprocess in this
+        replica (``pools.route_and_prepare: ingress``)."""
         self._config = config
         self._rollout = rollout  # a RolloutDriver handle during a canary: it is told what clients saw
         self._window = StatsWindow()
@@ -150,9 +155,20 @@ class Ingress:
         EdgeGuard.configure(EdgeSettings(auth=self._auth, limits=config.limits))
         self._guard = RequestGuard(self._auth, config.limits, config.admission, [v.name for v in config.variants])
         self._engines = dict(engines)
+        # In this replica: the router follows the rollout driver and takes weights from this deployment's
+        # user_config (reconfigure below), as the router deployment does.
+        self._local_router = (
+            ABRouter(config.routing, config.weights, models=models_of(config), rollout=rollout)
+            if router is None
+            else None
+        )
+        route_stage = self._local_router or RouterDeployment(router)
+        prepare_stage = (
+            InProcessPreprocess(Preprocessor(config)) if preprocess is None else PreprocessDeployment(preprocess)
+        )
         self._pipeline = Pipeline(
-            router=router,
-            preprocess=preprocess,
+            router=route_stage,
+            preprocess=prepare_stage,
             postprocess=postprocess,
             engines=engines,
             guard=self._guard,
@@ -160,7 +176,7 @@ class Ingress:
             shadow=None
             if config.shadow is None
             else Shadower(
-                config.shadow, preprocess=preprocess, engines=engines, metrics=ShadowMetrics(models_of(config))
+                config.shadow, preprocess=prepare_stage, engines=engines, metrics=ShadowMetrics(models_of(config))
             ),
         )
         models = models_of(config)
@@ -170,6 +186,12 @@ class Ingress:
         self._feedback_metrics = FeedbackMetrics(models)
         self._feedback: FeedbackStore | None = None
         self._poller: asyncio.Task[None] | None = None
+
+    def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        """Live routing weights (``{"weights": {...}}``) when this replica routes; the router deployment takes
+        the same user_config when it does."""
+        if self._local_router is not None:
+            self._local_router.reconfigure(user_config)
 
     # ---- engine load, for admission control ----
 

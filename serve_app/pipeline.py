@@ -1,7 +1,8 @@
 """One request's path through the graph: route, preprocess, generate, postprocess.
 
 The ingress runs this for HTTP callers and for Python handle callers alike, so both get the same routing
-and the same response types. It holds deployment handles and no model state.
+and the same response types. It holds the router and preprocess stages (in process or behind handles,
+``serve_app.stages``), deployment handles for the rest, and no model state.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from serve_app.guard import RequestGuard, Ticket
 from serve_app.limits import LimitsConfig, check_request, timeout_error
 from serve_app.protocol import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from serve_app.shadowing import Shadower
+from serve_app.stages import PrepareStage, RouterStage
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +89,8 @@ class Pipeline:
     def __init__(
         self,
         *,
-        router: Any,
-        preprocess: Any,
+        router: RouterStage,
+        preprocess: PrepareStage,
         postprocess: Any,
         engines: Mapping[str, Any],
         guard: RequestGuard | None = None,
@@ -113,11 +115,10 @@ class Pipeline:
         if (violation := check_request(request, self._limits)) is not None:
             raise violation.error()
         query = RouteQuery(model=request.model, sticky_key=ctx.sticky_key or request.user, override=ctx.override)
-        decision = await self._router.route.remote(query)
+        decision = await self._router.route(query)
         ctx.progress["variant"] = decision.variant
         kind = _kind(request)
-        prepare = self._preprocess.prepare_chat if kind == "chat" else self._preprocess.prepare_completion
-        prepared: PreparedRequest = await prepare.remote(ctx.request_id, decision.variant, request)
+        prepared = await self._preprocess.prepare(kind, ctx.request_id, decision.variant, request)
         return prepared, new_meta(_response_id(kind), decision.variant, kind, prepared.prompt_tokens)
 
     def _admit(self, prepared: PreparedRequest, ctx: CallContext) -> Ticket | None:

@@ -17,6 +17,7 @@ from typing import Any
 from deployments.shadow import AnswerSummary, ShadowConfig, compare, shadow_target
 from deployments.types import EngineResult, PreparedRequest
 from serve_app.metrics import ShadowMetrics
+from serve_app.stages import PrepareStage
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class Shadower:
         self,
         config: ShadowConfig,
         *,
-        preprocess: Any,
+        preprocess: PrepareStage,
         engines: Mapping[str, Any],
         metrics: ShadowMetrics,
         max_in_flight: int = 4,
@@ -57,8 +58,9 @@ class Shadower:
 
     async def _run(self, request: Any, prepared: PreparedRequest, primary: AnswerSummary, target: str) -> None:
         try:
-            prepare = self._preprocess.prepare_chat if prepared.kind == "chat" else self._preprocess.prepare_completion
-            shadow_request: PreparedRequest = await prepare.remote(f"{prepared.request_id}-shadow", target, request)
+            shadow_request = await self._preprocess.prepare(
+                prepared.kind, f"{prepared.request_id}-shadow", target, request
+            )
             started = time.monotonic()
             result: EngineResult = await self._engines[target].generate.remote(shadow_request)
             summary = AnswerSummary(result.text, result.num_tokens, time.monotonic() - started, result.finish_reason)

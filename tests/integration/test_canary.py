@@ -14,6 +14,7 @@ import httpx
 from ray import serve
 
 from serve_app.config import parse_config
+from serve_app.control import blocking_handle
 
 PREFIX = "/canary"
 SIM = {"model": "builtin:tiny-v1", "backend": "sim", "num_cpus": 0, "engine": {"max_model_len": 1024}}
@@ -80,7 +81,7 @@ def run_rollout(running_app: Any, candidate_sim: dict[str, Any], steps: list[flo
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     try:
         wait_ready(url, timeout_s=300)
-        driver = serve.get_deployment_handle("rollout", app_name=config.app_name)
+        driver = blocking_handle("rollout", config.app_name)
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 90

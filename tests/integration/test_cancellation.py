@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 
-from ray import serve
+from serve_app.control import blocking_handle
 
 VARIANT = "tiny-v1"
 
 
 def _running(app_name: str) -> int:
-    handle = serve.get_deployment_handle(f"engine-{VARIANT}", app_name=app_name)
+    handle = blocking_handle(f"engine-{VARIANT}", app_name)
     return handle.stats.remote().result(timeout_s=10).running_requests
 
 

@@ -7,13 +7,13 @@ import time
 
 import httpx
 import pytest
-from ray import serve
 
 from serve_app import model_builder
+from serve_app.control import blocking_handle
 
 
 def engine_running(app_name: str, variant: str) -> int:
-    handle = serve.get_deployment_handle(f"engine-{variant}", app_name)
+    handle = blocking_handle(f"engine-{variant}", app_name)
     return handle.stats.remote().result().running_requests
 
 

@@ -47,6 +47,9 @@ def guarded(running_app, tmp_path_factory) -> Iterator[httpx.Client]:
             "limits": {"max_body_bytes": 4096, "max_tokens": 64, "max_prompt_tokens": 200},
             "shadow": {"variant": "sim-b", "fraction": 1.0},
             "feedback": {"path": str(tmp_path_factory.mktemp("feedback") / "feedback.sqlite3")},
+            # The main app routes and preprocesses inside its ingress; this one has them as deployments, so
+            # that path (routing, limits, shadow copies, a weight change) runs for real too.
+            "pools": {"route_and_prepare": "deployments"},
         }
     )
     url = f"{running_app.url}{PREFIX}"

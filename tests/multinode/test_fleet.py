@@ -54,6 +54,7 @@ def fleet_config(port: int) -> dict[str, Any]:
         "server": {"port": port},
         "pools": {
             "resources": {"head": 0.01},
+            "route_and_prepare": "deployments",
             "preprocess": {
                 # Preprocessing takes milliseconds, so under load it holds a fraction of a request on average:
                 # a tiny target makes that load visible to the autoscaler.

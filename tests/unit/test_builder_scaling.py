@@ -30,13 +30,30 @@ def test_default_config_is_unchanged_fixed_replicas_no_resources_no_policy() -> 
         assert "resources" not in deployment.ray_actor_options, name
         assert scaling(deployment) is None, name
         assert not issubclass(deployment.func_or_class, EngineSignalsMixin), name
-    assert built["preprocess"].num_replicas == 1 and built["postprocess"].num_replicas == 1
+    # The ingress routes and preprocesses in its own replicas: no router or preprocess deployment, no hop.
+    assert set(built) == {"ingress", "postprocess", "engine-tiny-v1", "engine-tiny-v2"}
+    assert built["postprocess"].num_replicas == 1
+
+
+def test_router_and_preprocess_become_deployments_when_asked() -> None:
+    config = parse_config(
+        {"pools": {"route_and_prepare": "deployments"}, "variants": [{"name": "a", "weight": 100, **SIM}]},
+        environ={},
+    )
+    built = deployments(config)
+    assert set(built) == {"ingress", "router", "preprocess", "postprocess", "engine-a"}
+    assert built["preprocess"].num_replicas == 1
+
+
+def test_a_preprocess_pool_without_its_deployment_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"pools\.route_and_prepare: deployments"):
+        parse_config({"pools": {"preprocess": {"replicas": 2}}, "variants": [{"name": "a", "weight": 100, **SIM}]})
 
 
 def test_engine_resources_and_light_pool_placement_reach_ray_actor_options() -> None:
     config = parse_config(
         {
-            "pools": {"resources": {"head": 0.01}},
+            "pools": {"resources": {"head": 0.01}, "route_and_prepare": "deployments"},
             "variants": [{"name": "a", "weight": 100, **SIM, "resources": {"engine": 1}}],
         },
         environ={},
@@ -53,6 +70,7 @@ def test_preprocess_and_postprocess_scale_on_their_own() -> None:
     config = parse_config(
         {
             "pools": {
+                "route_and_prepare": "deployments",
                 "preprocess": {"autoscaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}},
                 "postprocess": {"replicas": 3},
             },
@@ -127,7 +145,10 @@ def test_light_pools_refuse_the_engine_only_policy() -> None:
     with pytest.raises(ConfigError, match="policy"):
         parse_config(
             {
-                "pools": {"preprocess": {"autoscaling": {"policy": "engine_signals"}}},
+                "pools": {
+                    "route_and_prepare": "deployments",
+                    "preprocess": {"autoscaling": {"policy": "engine_signals"}},
+                },
                 "variants": [{"name": "a", "weight": 100, **SIM}],
             },
             environ={},
@@ -139,6 +160,7 @@ def test_every_replica_drains_its_requests_for_as_long_as_a_request_may_last() -
         {
             "server": {"request_timeout_s": 120},
             "limits": {"request_timeout_s": 100},
+            "pools": {"route_and_prepare": "deployments"},
             "variants": [{"name": "a", "weight": 100, **SIM}],
         },
         environ={},

@@ -1,9 +1,9 @@
 """How the pipeline reaches its router and preprocess: in its own process, or through deployment handles.
 
 ``pools.route_and_prepare: ingress`` (the default) runs ``ABRouter`` and ``Preprocessor`` inside the ingress
-replica: the same classes the deployments are made of, called directly. Each Ray hop it saves cost a request
-70 to 180 ms at p50 before its first token on this 2-core machine at 64 streams (README: Performance), while
-the work itself is a hash and a tokenizer call of about a millisecond. ``deployments`` keeps them as
+replica: the same classes the deployments are made of, called directly. The work is a hash and a tokenizer
+call of about a millisecond; the two Ray hops it saves added 15 to 53 ms to p50 time to first token at one
+stream and 0.6 to 1.6 s at 32 streams on the 2-core machine (README: Performance). ``deployments`` keeps them as
 deployments of their own, for a preprocess pool that must scale apart from the ingress.
 """
 

@@ -137,8 +137,8 @@ def test_up_status_request_down(tmp_path: Path):
         assert reply.model == "tiny-v1"
         assert reply.usage.completion_tokens == 5
 
-        # A changed config goes live with `deploy` (here the routing salt: new ingress/router/preprocess
-        # replicas, the engine untouched), and `rollback` returns to the one `up` deployed.
+        # A changed config goes live with `deploy` (here the routing salt: new ingress replicas, which route,
+        # the engine untouched), and `rollback` returns to the one `up` deployed.
         changed = tmp_path / "changed.yaml"
         data = yaml.safe_load(config.read_text())
         changed.write_text(yaml.safe_dump({**data, "server": {"port": port}, "routing": {"salt": "new"}}))

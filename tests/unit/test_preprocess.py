@@ -80,3 +80,19 @@ def test_empty_prompt_and_unsupported_fields(pre):
 def test_unknown_variant(pre):
     with pytest.raises(InvalidRequest, match="unknown variant"):
         pre.prepare_chat("r", "v9", chat())
+
+
+def test_in_process_stage_prepares_each_kind_as_the_deployment_would(pre):
+    import asyncio
+
+    from serve_app.stages import InProcessPreprocess
+
+    stage = InProcessPreprocess(pre)
+    chat_request = chat("hi")
+    assert asyncio.run(stage.prepare("chat", "r1", "v1", chat_request)) == pre.prepare_chat("r1", "v1", chat_request)
+    completion = CompletionRequest(model="tiny", prompt="abc")
+    prepared = asyncio.run(stage.prepare("completion", "r2", "v2", completion))
+    assert prepared == pre.prepare_completion("r2", "v2", completion) and prepared.kind == "completion"
+    # The errors are the deployment's too (a 400 naming the field), not wrapped.
+    with pytest.raises(ContextLengthExceeded):
+        asyncio.run(stage.prepare("chat", "r3", "v1", chat("x" * 100)))

@@ -14,8 +14,9 @@ settings), drives it with the benchmark's closed-loop streaming client at each l
 CPU time before and after the level. Each level prints the benchmark's figures, how busy each CPU was, and the
 CPU each kind of process used, in cores (CPU seconds per second of wall time) and in CPU milliseconds per
 request, so that a change to the serving path can be judged by what it costs as well as by what it delivers.
-The cost per request moves much less with this VM's speed than throughput does, which makes it the figure to
-compare between two runs. Bounded like the benchmark: at most 120 s a level.
+The cost per request moves with this VM's speed too (vLLM's worker took 63 to 114 ms per request on the same
+load within one day), so compare processes within a run more than runs with each other. Bounded like the
+benchmark: at most 120 s a level.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import psutil
 
@@ -72,16 +72,6 @@ def cores_by_label(
     return sorted(((label, cpu / elapsed_s) for label, cpu in used.items()), key=lambda item: -item[1])
 
 
-def cpu_busy(before: list[Any], after: list[Any]) -> list[float]:
-    """Busy fraction of each CPU between two ``psutil.cpu_times(percpu=True)`` readings."""
-    busy = []
-    for start, end in zip(before, after, strict=True):
-        total = sum(end) - sum(start)
-        idle = (end.idle + getattr(end, "iowait", 0.0)) - (start.idle + getattr(start, "iowait", 0.0))
-        busy.append(round(1 - idle / total, 2) if total > 0 else 0.0)
-    return busy
-
-
 def _pin(cpus: set[int]) -> int:
     """Pin every thread of every Ray process except vLLM's to ``cpus``; returns how many processes."""
     pinned = 0
@@ -98,8 +88,9 @@ def _pin(cpus: set[int]) -> int:
 def _stack(args: argparse.Namespace, model_path: str) -> Iterator[tuple[str, str]]:
     """The server as ``servefleet bench`` starts it, with this run's changes; yields the URL to load and the
     model name to ask for."""
+    max_num_seqs = max(64, *args.levels)
     if args.target == "vllm":
-        with bench_servers.vllm_server(model_path, 1024, max(64, *args.levels)) as served:
+        with bench_servers.vllm_server(model_path, 1024, max_num_seqs) as served:
             yield served
         return
     direct_port = None
@@ -115,15 +106,13 @@ def _stack(args: argparse.Namespace, model_path: str) -> Iterator[tuple[str, str
         stream = {"coalesce_per_stream_ms": args.coalesce[0], "coalesce_ms": args.coalesce[1]}
     # Direct ingress alone bypasses Ray's Python proxy, so it is measured with that proxy started, not HAProxy.
     frontend = "ray-proxy" if args.direct_ingress else args.frontend
-    levels = max(64, *args.levels)
-    ray_env = dict(setting.split("=", 1) for setting in args.ray_env or [])
     with bench_servers.servefleet_server(
         model_path,
         1024,
-        levels,
+        max_num_seqs,
         stream=stream,
         frontend=frontend,
-        ray_env=ray_env,
+        ray_env=dict(args.ray_env or []),
         route_and_prepare=args.route_and_prepare,
     ) as (url, _):
         if direct_port is not None:
@@ -157,10 +146,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pin-serving", nargs="+", type=int, metavar="CPU", help="pin Ray's processes here")
 
 
-def _setting(text: str) -> str:
-    if "=" not in text or not text.split("=", 1)[0]:
+def _setting(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not key or not equals:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return text
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     with _stack(args, model_path) as (url, model):
         bench.warm_up(url, model)
         for streams in args.levels:
-            before, cpus_before, started = snapshot(), psutil.cpu_times(percpu=True), time.perf_counter()
+            psutil.cpu_percent(percpu=True)  # starts the window the next call measures
+            before, started = snapshot(), time.perf_counter()
             samples = asyncio.run(bench.run_level(url, model, streams, args.duration, args.max_tokens))
             elapsed = time.perf_counter() - started
-            busy = cpu_busy(cpus_before, psutil.cpu_times(percpu=True))
+            busy = [round(percent / 100, 2) for percent in psutil.cpu_percent(percpu=True)]
             result = bench.summarise(args.target, streams, elapsed, samples)
             print(
                 f"{streams} streams: {result.output_tokens_per_s} tok/s, {result.requests} requests, TTFT p50 "

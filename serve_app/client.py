@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 
 from typing_extensions import Unpack
 
+from serve_app.control import router_on_own_loop
 from serve_app.pipeline import unwrap
 from serve_app.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionRequest
 
@@ -56,11 +57,8 @@ class ServeFleetClient:
 
         if not ray.is_initialized():
             ray.init(address=address or "auto", namespace="servefleet", log_to_driver=False)
-        handle = serve.get_app_handle(app_name)
-        if not handle.is_initialized:
-            # Serve's router on a loop of its own, for the blocking methods (serve_app.control.blocking_handle).
-            handle._init(_run_router_in_separate_loop=True)
-        return cls(handle)
+        # Serve's router on a loop of its own, for the blocking methods.
+        return cls(router_on_own_loop(serve.get_app_handle(app_name)))
 
     def _call(self, method: str, request: Request, routing: Routing) -> Any:
         try:

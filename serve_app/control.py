@@ -26,14 +26,17 @@ def connect(address: str, *, node_ip: str | None = None) -> None:
 
 
 def blocking_handle(deployment: str, app_name: str) -> Any:
-    """A handle to ``deployment`` for code without a running event loop (``.remote().result()``): Serve's router
-    on a loop of its own, whatever this process inherited. The cluster's processes run with
-    RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 (cluster/local.py), which makes a handle usable only inside a running
-    loop; a driver started from the same environment would get such a handle. Ray's proxy initialises its own
-    handles this way."""
+    """A handle to ``deployment`` for code without a running event loop (``.remote().result()``)."""
     from ray import serve
 
-    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+    return router_on_own_loop(serve.get_deployment_handle(deployment, app_name=app_name))
+
+
+def router_on_own_loop(handle: Any) -> Any:
+    """``handle`` with Serve's router on a loop of its own, whatever this process inherited, so that blocking
+    code can use it. The cluster's processes run with RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0
+    (cluster/local.py), which makes a handle usable only inside a running loop; a driver started from the same
+    environment would get such a handle. Ray's proxy initialises its own handles this way."""
     if not handle.is_initialized:
         handle._init(_run_router_in_separate_loop=True)
     return handle
